@@ -1,0 +1,90 @@
+"""Trial records: one JSON per trial, written atomically, never edited afterwards.
+
+Schema (``schema_version`` 1). Every measurement carries its unit in its name.
+
+    schema_version      1
+    trial_id            unique id (uuid4 hex)
+    config_hash         sha1 of the canonical resolved config (same settings -> same hash)
+    status              "success" | "oom" | "failed" | "pruned"
+    error               null | one-line message;  traceback (if any) in ``error.txt`` beside
+    started_at, finished_at   ISO-8601 UTC
+    config              the resolved, validated config: {model, quant, lora, optim, data, train, eval}
+    overrides           the Hydra overrides of this job, e.g. ["lora.r=16", "quant=fp4"]
+    model               {name, source, random_weights, architecture, hidden_size, num_layers,
+                         intermediate_size, vocab_size, num_heads, num_kv_heads}
+    params              {total, trainable, trainable_pct}
+    optimizer           {requested, used, fallback_reason}
+    device              {type: "cuda"|"cpu", name, total_memory_gib}
+    throughput          {loss_tokens_per_s, padded_tokens_per_s, samples_per_s,
+                         step_time_median_s, step_time_iqr_s, timed_steps, warmup_steps}
+    memory              {kind: "cuda"|"cpu_rss", phases: {load|train|eval: {...}}}
+                        cuda phases: {peak_allocated_gib, peak_reserved_gib}
+                        cpu phases:  {peak_rss_gib}   (process RSS; never reported as VRAM)
+    peak_vram_reserved_gib   train-phase peak reserved VRAM (null on the CPU)
+    peak_vram_allocated_gib  train-phase peak allocated VRAM (null on the CPU)
+    loss                {curve: [{step, loss}], final_train, eval, eval_perplexity,
+                         eval_curve: [{step, loss}]}
+    lm_eval             {task: {metric: {before, after, delta, stderr_before, stderr_after,
+                         higher_is_better}}}     (empty for random-weight models)
+    score               the headline quality number (primary lm-eval metric "after", else
+                        -eval loss), null when not measured
+    timings_s           {load, train, eval, total}
+    env                 {python, torch, transformers, peft, bitsandbytes, trl, lm_eval,
+                         git_commit, git_dirty, hostname}
+    artifacts           {adapter_dir, merged_dir}  (paths relative to the record's dir)
+    generations         [{prompt, base, tuned}]  (optional)
+"""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+RECORD_NAME = "record.json"
+STATUSES = ("success", "oom", "failed", "pruned")
+
+
+def write_record(record: dict[str, Any], out_dir: Path) -> Path:
+    """Write ``record.json`` atomically: a temp file in the same dir, fsync, then rename.
+
+    A process killed mid-write leaves at most a stray ``.record-*.tmp``, never a partial record.
+    An existing record is never overwritten: results are append-only.
+    """
+    if record.get("status") not in STATUSES:
+        raise ValueError(f"record status {record.get('status')!r} not in {STATUSES}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / RECORD_NAME
+    if target.exists():
+        raise FileExistsError(f"{target} exists; records are append-only")
+    fd, tmp = tempfile.mkstemp(prefix=".record-", suffix=".tmp", dir=out_dir)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=2, sort_keys=False, default=_jsonable)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, target)  # fails if target appeared meanwhile: never clobber a record
+    finally:
+        os.unlink(tmp)
+    return target
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """Read one record (a ``record.json`` path or the dir holding it)."""
+    path = path / RECORD_NAME if path.is_dir() else path
+    with open(path) as f:
+        return json.load(f)
+
+
+def find_records(root: Path) -> list[Path]:
+    """All ``record.json`` files under ``root``, sorted by path."""
+    return sorted(root.rglob(RECORD_NAME))
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
