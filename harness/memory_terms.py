@@ -1,0 +1,182 @@
+"""What a fine-tuning step keeps on the GPU, counted from first principles (bytes, uncalibrated).
+
+The estimate adds what lives on the GPU at the peak of a training step (bytes):
+
+    weights           4-bit: 0.5 B/param for decoder linears; bf16 (2 B/param) for embeddings and
+                      lm_head, which bitsandbytes leaves unquantized. LoRA: 2 B/param everywhere.
+    quant_constants   absmax per 64-weight block: fp32 -> 0.5 bit/param; double-quantized (8-bit
+                      absmax + one fp32 per 256 blocks) -> 0.127 bit/param.
+    lora_params       r * (in + out) per adapted linear (+ out for DoRA's magnitude), in lora dtype.
+    grads             same count and dtype as the adapter (full FT: bf16 grads, 2 B/param).
+    optimizer_states  per trainable param: AdamW fp32 m+v 8 B, 8-bit AdamW 2 B, SGD 0 B; paged
+                      variants hold the same bytes but can spill to host under pressure.
+                      Full FT adds a 4 B fp32 master copy (2 + 2 + 12 = 16 B/param).
+    activations       bytes/token stashed per decoder layer, times layers kept alive by the
+                      checkpointing mode, times batch * seq.
+    logits            batch * seq * vocab * 10 B: bf16 logits + fp32 upcast + fp32 log-softmax.
+                      Liger's fused linear cross-entropy never materialises them (~0).
+"""
+
+from dataclasses import dataclass
+
+GIB = 1024**3
+OPTIMIZER_BYTES = {
+    "paged_adamw_8bit": 2.0,
+    "adamw_8bit": 2.0,
+    "paged_adamw_32bit": 8.0,
+    "adamw_torch": 8.0,
+    "adamw_torch_fused": 8.0,
+    "sgd": 0.0,
+}
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+QUANT_CONST_BITS = {True: 0.127, False: 0.5}
+LOGIT_BYTES = 10  # bf16 logits 2 + fp32 upcast 4 + fp32 log-softmax kept for backward 4
+TARGET_SETS = {
+    "all-linear": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "mlp": ("gate_proj", "up_proj", "down_proj"),
+}
+ATTN_MODULES = frozenset(TARGET_SETS["attention"])
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Decoder shape (Llama family) that drives parameter and activation counts."""
+
+    hidden_size: int
+    num_layers: int
+    intermediate_size: int
+    vocab_size: int
+    num_heads: int
+    num_kv_heads: int
+    tie_embeddings: bool = False
+
+    def linears(self) -> dict[str, tuple[int, int]]:
+        """(in_features, out_features) of each decoder linear, by module name."""
+        h, i = self.hidden_size, self.intermediate_size
+        kv = h // self.num_heads * self.num_kv_heads
+        return {
+            "q_proj": (h, h),
+            "k_proj": (h, kv),
+            "v_proj": (h, kv),
+            "o_proj": (h, h),
+            "gate_proj": (h, i),
+            "up_proj": (h, i),
+            "down_proj": (i, h),
+        }
+
+    @property
+    def linear_params(self) -> int:
+        """Parameters in decoder linears (what 4-bit quantization touches)."""
+        return self.num_layers * sum(a * b for a, b in self.linears().values())
+
+    @property
+    def embedding_params(self) -> int:
+        """Embedding plus lm_head (shared when tied); norms are negligible and left out."""
+        return self.vocab_size * self.hidden_size * (1 if self.tie_embeddings else 2)
+
+    @property
+    def params_total(self) -> int:
+        """All parameters (without norms)."""
+        return self.linear_params + self.embedding_params
+
+
+@dataclass(frozen=True)
+class Setting:
+    """The settings that move peak memory. Defaults: the QLoRA recipe of the built-in anchors."""
+
+    quant: str = "nf4"  # nf4 | fp4 | none (bf16 frozen weights: plain LoRA)
+    double_quant: bool = True
+    full_finetune: bool = False  # bf16 weights + fp32 master + AdamW: 16 B/param
+    r: int = 16
+    targets: str | tuple[str, ...] = "all-linear"
+    variant: str = "lora"
+    lora_dtype: str = "fp32"
+    dropout: float = 0.05
+    batch_size: int = 1
+    seq_len: int = 2048
+    checkpointing: str = "full"  # none | full | selective | offload
+    optimizer: str = "paged_adamw_8bit"
+    kernels: str = "none"  # none | liger
+
+    def target_modules(self) -> tuple[str, ...]:
+        """Adapted module names, from a preset name or an explicit list."""
+        if isinstance(self.targets, str):
+            return TARGET_SETS.get(self.targets, (self.targets,))
+        return tuple(self.targets)
+
+
+def static_bytes(shape: Shape, s: Setting) -> dict[str, float]:
+    """Weights, quantization constants, adapter, grads and optimizer states (bytes)."""
+    if s.full_finetune:
+        n = shape.params_total
+        return {
+            "weights": 2.0 * n,
+            "quant_constants": 0.0,
+            "lora_params": 0.0,
+            "grads": 2.0 * n,
+            "optimizer_states": (4.0 + OPTIMIZER_BYTES.get(s.optimizer, 8.0)) * n,
+        }
+    quantized = s.quant in ("nf4", "fp4")
+    linear_bytes = (0.5 if quantized else 2.0) * shape.linear_params
+    consts = QUANT_CONST_BITS[bool(s.double_quant)] / 8 * shape.linear_params if quantized else 0.0
+    n_lora = lora_param_count(shape, s)
+    per = DTYPE_BYTES.get(s.lora_dtype, 4)
+    return {
+        "weights": linear_bytes + 2.0 * shape.embedding_params,
+        "quant_constants": consts,
+        "lora_params": per * n_lora,
+        "grads": per * n_lora,
+        "optimizer_states": OPTIMIZER_BYTES.get(s.optimizer, 8.0) * n_lora,
+    }
+
+
+def lora_param_count(shape: Shape, s: Setting) -> int:
+    """Trainable adapter parameters: r*(in+out) per adapted linear, + out for DoRA magnitudes."""
+    dims = shape.linears()
+    per_layer = 0
+    for name in s.target_modules():
+        fan_in, fan_out = dims.get(name, (shape.hidden_size, shape.hidden_size))
+        per_layer += s.r * (fan_in + fan_out) + (fan_out if "dora" in s.variant else 0)
+    return shape.num_layers * per_layer
+
+
+def activation_bytes(shape: Shape, s: Setting) -> float:
+    """Activation bytes held at the peak, before calibration.
+
+    Per token and layer, bf16: attention stashes norm in/out, q, k, v, rotated q and k and the
+    attention output, 2*(5h + 3kv) B (flash/SDPA: no seq^2 term); the MLP stashes norm in/out,
+    gate, up, act(gate), product, 2*(2h + 4i) B. Each adapter keeps its input cast to the adapter
+    dtype (+1 B dropout mask). Llama-3-8B, fp32 all-linear, dropout>0: 47 + 131 + 195 = 373 kB.
+    """
+    h, i = shape.hidden_size, shape.intermediate_size
+    kv = h // shape.num_heads * shape.num_kv_heads
+    attn, mlp = 2.0 * (5 * h + 3 * kv), 2.0 * (2 * h + 4 * i)
+    if not s.full_finetune:
+        per = DTYPE_BYTES.get(s.lora_dtype, 4) + (1 if s.dropout > 0 else 0)
+        dims = shape.linears()
+        for name in s.target_modules():
+            fan_in, fan_out = dims.get(name, (h, h))
+            extra = fan_in * per + (
+                fan_out * DTYPE_BYTES.get(s.lora_dtype, 4) if "dora" in s.variant else 0
+            )
+            if name in ATTN_MODULES:
+                attn += extra
+            else:
+                mlp += extra
+    layer, boundary, n = attn + mlp, 2.0 * h, shape.num_layers
+    # full: only layer inputs survive forward; one layer is recomputed at a time in backward.
+    kept = {
+        "none": n * layer,
+        "full": n * boundary + layer,
+        "selective": n * (mlp + boundary) + attn,
+        "offload": 2 * boundary + layer,
+    }.get(s.checkpointing, n * layer)
+    return kept * s.batch_size * s.seq_len
+
+
+def logits_bytes(shape: Shape, s: Setting) -> float:
+    """Logit memory at the loss; Liger's fused linear cross-entropy keeps one chunk (~0)."""
+    if s.kernels == "liger":
+        return 0.0
+    return float(LOGIT_BYTES) * s.batch_size * s.seq_len * shape.vocab_size
