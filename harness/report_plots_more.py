@@ -1,0 +1,168 @@
+"""The report's comparison figures: nf4 vs fp4 x double quant, lm-eval, the memory model."""
+
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+from harness.report_data import label_keys
+from harness.report_style import GREY, SCORE, TPS, VRAM, ReportInputs, empty, note_failed, reason
+
+QUANT_PANELS = {"score": SCORE, "train_tokens_per_s": TPS, "peak_vram_reserved_gib": VRAM}
+MEM_PARTS = ("weights", "quant_constants", "lora_params", "grads", "optimizer_states",
+             "activations", "logits", "overhead")  # fmt: skip
+
+
+def quant_subset(data: ReportInputs) -> tuple[pd.DataFrame, str]:
+    """Trials that differ only in quant type / double quant, and what the rest is fixed at.
+
+    Comparing nf4 with fp4 across different ranks would mix two effects, so the panel keeps the
+    group of otherwise-equal settings that covers the most (type, double_quant) combinations.
+    """
+    frame = data.frame[data.frame.get("quant.type", pd.Series(dtype=str)).isin(["nf4", "fp4"])]
+    if frame.empty:
+        return frame, ""
+    cols = [k if "." in k else f"choice.{k}" for k in label_keys(data.records)]
+    others = [c for c in cols if c in frame and not c.startswith(("quant", "choice.quant"))]
+    if not others:
+        return frame, "all other settings equal"
+    keyed = frame.assign(_key=frame[others].astype(str).agg(" ".join, axis=1))
+    ok = keyed[keyed["status"] == "success"]
+    combos = ok.groupby("_key")[["quant.type", "quant.double_quant"]].apply(
+        lambda g: len(g.drop_duplicates())
+    )
+    if combos.empty:
+        return frame.iloc[0:0], ""
+    best = combos.sort_values(ascending=False).index[0]
+    fixed = keyed[keyed["_key"] == best].drop(columns="_key")
+    return fixed, "other settings fixed: " + fixed["label"].iloc[0].replace("nf4", "").strip()
+
+
+def plot_quant_dq(data: ReportInputs) -> Figure:
+    """nf4 vs fp4, with and without double quant, side by side on score, speed and memory."""
+    sub, caption = quant_subset(data)
+    ok = sub[sub["status"] == "success"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.5))
+    if ok.empty:
+        for ax in axes[1:]:
+            ax.axis("off")
+        return empty(fig, axes[0], "No successful nf4/fp4 trials to compare in this sweep.")
+    for ax, (col, ylabel) in zip(axes, QUANT_PANELS.items(), strict=True):
+        if ok[col].isna().all():
+            empty(fig, ax, f"{col}: not measured\n(CPU trials have no VRAM)")
+            continue
+        sns.barplot(data=ok, x="quant.type", y=col, hue="quant.double_quant", order=["nf4", "fp4"],
+                    errorbar=None, ax=ax, palette="Set2")  # fmt: skip
+        for cont in ax.containers:
+            ax.bar_label(cont, fmt="%.3g", fontsize=8)
+        ax.set(xlabel="4-bit data type", ylabel=ylabel)
+        ax.yaxis.label.set_size(9)
+        ax.legend(title="double quant", fontsize=8, title_fontsize=8, loc="lower right")
+    note_failed(axes[0], sub[sub["status"] != "success"])
+    fig.suptitle(f"nf4 vs fp4 x double quant ({caption})", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def lm_eval_rows(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Per task, the primary (first) metric of each successful record: before, after, stderr."""
+    tasks: dict[str, list[dict[str, Any]]] = {}
+    for rec in records:
+        if rec.get("status") != "success":
+            continue
+        for task, metrics in (rec.get("lm_eval") or {}).items():
+            metric, m = next(iter(metrics.items()))
+            if m.get("after") is None:
+                continue
+            row = {"label": rec["_label"], "metric": metric, "score": rec.get("score"), **m}
+            tasks.setdefault(task, []).append(row)
+    return tasks
+
+
+def plot_lm_eval(data: ReportInputs, top: int = 12) -> Figure:
+    """Dumbbells per task: the base model's score (before) to the tuned one's (after)."""
+    tasks = lm_eval_rows(data.records)
+    if not tasks:
+        fig, ax = plt.subplots(figsize=(8, 3))
+        return empty(fig, ax, "No lm-eval results (random-weight or failed trials only).")
+    n = len(tasks)
+    height = 1.6 + 0.32 * min(top, max(len(v) for v in tasks.values()))
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n + 2, height), squeeze=False, sharey=False)
+    for ax, (task, rows) in zip(axes[0], tasks.items(), strict=True):
+        rows = sorted(rows, key=lambda r: -(r["score"] or -np.inf))[:top][::-1]
+        y = np.arange(len(rows))
+        before = [r["before"] for r in rows]
+        after = [r["after"] for r in rows]
+        hib = rows[0].get("higher_is_better", True)
+        colors = ["#2a9d8f" if (a - b) * (1 if hib else -1) >= 0 else "#e76f51"
+                  for a, b in zip(after, before, strict=True)]  # fmt: skip
+        ax.hlines(y, before, after, color=GREY, lw=1.5)
+        ax.scatter(before, y, facecolors="white", edgecolors=GREY, s=40, label="before (base)")
+        ax.errorbar(after, y, xerr=[r.get("stderr_after") or 0 for r in rows], fmt="none",
+                    ecolor="#444", elinewidth=0.8, capsize=2)  # fmt: skip
+        ax.scatter(after, y, c=colors, s=45, zorder=3, label="after (tuned)")
+        ax.set_yticks(y, [r["label"] for r in rows], fontsize=7)
+        better = "higher" if hib else "lower"
+        ax.set(title=task, xlabel=f"{rows[0]['metric']} (fraction, {better} is better)")
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    missing = data.frame[data.frame["status"] != "success"]
+    if not missing.empty:
+        lines = "; ".join(f"{r['trial']} {reason(r, 45)}" for _, r in missing.iterrows())
+        fig.text(0.01, 0.005, f"no lm-eval: {lines}", fontsize=7, color="#666", wrap=True)
+    fig.suptitle("lm-eval before -> after per task (bars: stderr; top trials by score)")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return fig
+
+
+def plot_memory_model(data: ReportInputs) -> Figure:
+    """Left: predicted vs measured peak (fit, held out, anchors). Right: predicted breakdown."""
+    mem = data.memory
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5), width_ratios=(1, 1.3))
+    _parity(ax1, mem)
+    parts = mem.get("breakdown") or []
+    if not parts:
+        empty(fig, ax2, "No trial with a model shape to break down.")
+    else:
+        labels = [p["label"] for p in parts]
+        left = np.zeros(len(parts))
+        palette = sns.color_palette("tab10", len(MEM_PARTS))
+        for color, part in zip(palette, MEM_PARTS, strict=True):
+            vals = np.array([p["predicted"][part] for p in parts])
+            ax2.barh(labels, vals, left=left, color=color, label=part.replace("_", " "))
+            left += vals
+        measured = [(i, p["measured"]) for i, p in enumerate(parts) if p["measured"] is not None]
+        if measured:
+            ax2.scatter([m for _, m in measured], [i for i, _ in measured], marker="|", s=300,
+                        color="black", zorder=4, label="measured")  # fmt: skip
+        ax2.set(xlabel="predicted peak reserved VRAM (GiB)", title="Where the memory goes")
+        ax2.tick_params(axis="y", labelsize=7)
+        ax2.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def _parity(ax: Any, mem: dict[str, Any]) -> None:
+    err = mem.get("error") or {}
+    groups = {
+        "calibration (in-sample)": ("o", "#4c72b0", mem.get("in_sample") or []),
+        "held out": ("D", "#dd8452", err.get("rows") if err.get("n_fit") else []),
+        "built-in H100 anchors": ("*", "black", mem.get("anchors") or []),
+    }
+    top = 1.0
+    for name, (marker, color, rows) in groups.items():
+        if rows:
+            xs, ys = [r["measured_gib"] for r in rows], [r["predicted_gib"] for r in rows]
+            ax.scatter(xs, ys, marker=marker, color=color, s=55, label=name, zorder=3)
+            top = max(top, *xs, *ys)
+    line = np.array([0, top * 1.08])
+    ax.plot(line, line, color=GREY, lw=1)
+    ax.fill_between(line, line * 0.9, line * 1.1, color=GREY, alpha=0.15, label="+-10%")
+    mape = err.get("mape_pct", float("nan"))
+    basis = err.get("basis", "n/a")
+    ax.set(xlabel="measured peak reserved VRAM (GiB)", ylabel="predicted peak reserved VRAM (GiB)",
+           title=f"Memory model: mean abs error {mape:.1f}% ({basis})")  # fmt: skip
+    ax.title.set_size(9)
+    ax.legend(fontsize=8, loc="upper left")
