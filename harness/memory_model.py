@@ -156,11 +156,11 @@ def error_report(
     """
     points = measured_points(records)
     if not points:
-        rows = [_error_row(a, _loo(k)) for k, a in enumerate(PRIOR_ANCHORS)]
+        rows = [point_error(a, _loo(k)) for k, a in enumerate(PRIOR_ANCHORS)]
         return summarise_errors(rows, "built-in anchors, leave-one-out (no local CUDA record)", 0)
     fit_idx, hold_idx = split_holdout(len(points), holdout_frac, seed)
     calib = _fit([points[i] for i in fit_idx])
-    rows = [_error_row(points[i], calib) for i in hold_idx]
+    rows = [point_error(points[i], calib) for i in hold_idx]
     return summarise_errors(rows, f"{len(hold_idx)} held-out CUDA records", len(fit_idx))
 
 
@@ -170,7 +170,8 @@ def _loo(k: int) -> Calibration:
     return fit_terms(rows, n_records=0, n_priors=len(rows))
 
 
-def _error_row(point: Point, calib: Calibration) -> dict[str, Any]:
+def point_error(point: Point, calib: Calibration) -> dict[str, Any]:
+    """{label, measured_gib, predicted_gib, error_pct} of one measured point."""
     shape, setting, peak, label = point
     pred = predict_peak_gib(shape, setting, calib)["total"]
     return {

@@ -90,8 +90,8 @@ def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     rows = [_row(r) for r in records]
     frame = pd.DataFrame(rows)
     for col in METRICS:
-        if col not in frame:
-            frame[col] = float("nan")
+        # All-null columns (no CUDA, no RSS) come out as object; metrics are always numbers.
+        frame[col] = pd.to_numeric(frame[col], errors="coerce") if col in frame else float("nan")
     return frame
 
 
@@ -154,20 +154,25 @@ def _trial_name(rec: dict[str, Any]) -> str:
 
 
 def _add_labels(recs: list[dict[str, Any]]) -> None:
-    keys = label_keys(recs)
-    seen: dict[str, int] = {}
+    """Label each record by its grid values; with several models, the grid of each model's own."""
+    groups: dict[str, list[dict[str, Any]]] = {}
     for rec in recs:
-        parts = [_short(k, _value(rec, k)) for k in keys]
-        label = " ".join(parts) or _trial_name(rec)
-        seen[label] = seen.get(label, 0) + 1
-        rec["_label"] = label if seen[label] == 1 else f"{label} #{seen[label]}"
+        groups.setdefault(str((rec.get("model") or {}).get("name")), []).append(rec)
+    seen: dict[str, int] = {}
+    for model, group in groups.items():
+        keys = [k for k in label_keys(group) if k not in ("model", "model.name")]
+        for rec in group:
+            parts = [model] if len(groups) > 1 else []
+            parts += [short(k, value_of(rec, k)) for k in keys]
+            label = " ".join(parts) or _trial_name(rec)
+            seen[label] = seen.get(label, 0) + 1
+            rec["_label"] = label if seen[label] == 1 else f"{label} #{seen[label]}"
 
 
 def label_keys(recs: list[dict[str, Any]]) -> list[str]:
     """The sweep's grid: keys of the trials' overrides (in order) whose values differ.
 
-    Falls back to every varying config key when records carry no overrides; puts the model
-    first when trials of several models are mixed.
+    Falls back to every varying config key when records carry no overrides.
     """
     keys: list[str] = []
     for rec in recs:
@@ -176,21 +181,18 @@ def label_keys(recs: list[dict[str, Any]]) -> list[str]:
             if key not in keys:
                 keys.append(key)
     keys = keys or varying_keys(recs)
-    keys = [k for k in keys if len({json.dumps(_value(r, k), default=str) for r in recs}) > 1]
-    models = {(r.get("model") or {}).get("name") for r in recs}
-    if len(models) > 1 and not {"model", "model.name"} & set(keys):
-        keys.insert(0, "model.name")
-    return keys
+    return [k for k in keys if len({json.dumps(value_of(r, k), default=str) for r in recs}) > 1]
 
 
-def _value(rec: dict[str, Any], key: str) -> Any:
+def value_of(rec: dict[str, Any], key: str) -> Any:
     """A dotted config value, or a group's choice for a bare group name (``quant=nf4``)."""
     if "." not in key:
         return (rec.get("choices") or {}).get(key)
     return flatten(rec.get("config") or {}).get(key)
 
 
-def _short(key: str, val: Any) -> str:
+def short(key: str, val: Any) -> str:
+    """A grid value as a label part: ``r16``, ``dq``, ``ckpt:full``, else ``key=value``."""
     fmt = SHORT.get(key)
     if fmt is None:
         bare = "." not in key and key in ("model", "quant", "optim")

@@ -25,6 +25,7 @@ from harness.report_style import (  # noqa: E402
     note_failed,
     reason,
     rug_failed,
+    short_label,
 )
 
 
@@ -35,13 +36,17 @@ def plot_score_vs_rank(data: ReportInputs) -> Figure:
     if ok.empty or "lora.r" not in ok:
         return empty(fig, ax, "No scores in this sweep (random-weight trials report none).")
     hue = "lora.variant" if "lora.variant" in ok else None
-    sns.lineplot(data=ok, x="lora.r", y="score", hue=hue, marker="o", errorbar=None, ax=ax)
+    # Scores of different models never share a line: a mean across them means nothing.
+    style = "model" if ok["model"].nunique() > 1 else None
+    sns.lineplot(data=ok, x="lora.r", y="score", hue=hue, style=style, marker="o", errorbar=None,
+                 ax=ax)  # fmt: skip
     sns.scatterplot(data=ok, x="lora.r", y="score", hue=hue, legend=False, alpha=0.4, ax=ax)
     ax.set_xscale("log", base=2)
     ranks = sorted(data.frame["lora.r"].dropna().unique())
     ax.set_xticks(ranks, [str(int(r)) for r in ranks])
     ax.set(xlabel="LoRA rank r (log2 scale)", ylabel=SCORE, title="Score vs LoRA rank by variant")
     rug_failed(ax, data.bad, "lora.r")
+    note_failed(ax, data.bad, "no score")
     return fig
 
 
@@ -56,9 +61,9 @@ def plot_loss_curves(data: ReportInputs) -> Figure:
             continue
         steps, loss = [p["step"] for p in curve], [p["loss"] for p in curve]
         if rec.get("status") == "success":
-            ax.plot(steps, loss, color=color, lw=1.4, label=rec["_label"])
+            ax.plot(steps, loss, color=color, lw=1.4, label=short_label(rec["_label"]))
         else:
-            label = f"{rec['_label']} ({rec['status']})"
+            label = f"{short_label(rec['_label'])} ({rec['status']})"
             ax.plot(steps, loss, color=GREY, lw=1.2, ls="--", label=label)
         drawn += 1
     if not drawn:
@@ -87,10 +92,11 @@ def plot_vram_vs_score(data: ReportInputs) -> Figure:
     ax.step(front["peak_vram_reserved_gib"], front["score"], where="post", color="black", lw=1,
             ls="--", label="Pareto front")  # fmt: skip
     for _, row in front.iterrows():
-        ax.annotate(row["label"], (row["peak_vram_reserved_gib"], row["score"]), fontsize=7,
+        ax.annotate(short_label(row["label"]), (row["peak_vram_reserved_gib"], row["score"]),
+                    fontsize=7,
                     xytext=(4, 4), textcoords="offset points")  # fmt: skip
     rug_failed(ax, data.bad, "peak_vram_reserved_gib")
-    note_failed(ax, data.frame[data.frame["peak_vram_reserved_gib"].isna()], "no VRAM figure")
+    note_failed(ax, data.frame.drop(index=ok.index), "not a point (no score or no VRAM)")
     ax.set(xlabel=VRAM, ylabel=SCORE, title="Memory vs quality (Pareto front dashed)")
     ax.legend(fontsize=8, loc="lower right")
     return fig
@@ -100,7 +106,8 @@ def plot_throughput(data: ReportInputs) -> Figure:
     """Train tokens/s per setting, fastest first; trials without a figure shown with the reason."""
     frame = data.frame.sort_values("train_tokens_per_s", ascending=True, na_position="first")
     fig, ax = plt.subplots(figsize=(10, 1.5 + 0.32 * len(frame)))
-    labels = [f"{t}  {lbl}" for t, lbl in zip(frame["trial"], frame["label"], strict=True)]
+    labels = [f"{t}  {short_label(lbl, 60)}" for t, lbl in zip(frame["trial"], frame["label"],
+                                                            strict=True)]  # fmt: skip
     values = frame["train_tokens_per_s"].fillna(0.0)
     colors = ["#4c72b0" if s == "success" else GREY for s in frame["status"]]
     ax.barh(labels, values, color=colors)

@@ -8,8 +8,17 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from harness.report_data import label_keys
-from harness.report_style import GREY, SCORE, TPS, VRAM, ReportInputs, empty, note_failed, reason
+from harness.report_data import label_keys, short, value_of
+from harness.report_style import (
+    GREY,
+    SCORE,
+    TPS,
+    VRAM,
+    ReportInputs,
+    empty,
+    note_failed,
+    short_label,
+)
 
 QUANT_PANELS = {"score": SCORE, "train_tokens_per_s": TPS, "peak_vram_reserved_gib": VRAM}
 MEM_PARTS = ("weights", "quant_constants", "lora_params", "grads", "optimizer_states",
@@ -25,8 +34,11 @@ def quant_subset(data: ReportInputs) -> tuple[pd.DataFrame, str]:
     frame = data.frame[data.frame.get("quant.type", pd.Series(dtype=str)).isin(["nf4", "fp4"])]
     if frame.empty:
         return frame, ""
-    cols = [k if "." in k else f"choice.{k}" for k in label_keys(data.records)]
-    others = [c for c in cols if c in frame and not c.startswith(("quant", "choice.quant"))]
+    keys = [k for k in label_keys(data.records) if k != "quant" and not k.startswith("quant.")]
+    if data.frame["model"].nunique() > 1:
+        keys.insert(0, "model.name")
+    cols = {k: k if "." in k else f"choice.{k}" for k in keys}
+    others = [c for c in cols.values() if c in frame]
     if not others:
         return frame, "all other settings equal"
     keyed = frame.assign(_key=frame[others].astype(str).agg(" ".join, axis=1))
@@ -38,7 +50,9 @@ def quant_subset(data: ReportInputs) -> tuple[pd.DataFrame, str]:
         return frame.iloc[0:0], ""
     best = combos.sort_values(ascending=False).index[0]
     fixed = keyed[keyed["_key"] == best].drop(columns="_key")
-    return fixed, "other settings fixed: " + fixed["label"].iloc[0].replace("nf4", "").strip()
+    rec = data.records[fixed.index[0]]
+    held = " ".join(short(k, value_of(rec, k)) for k, c in cols.items() if c in frame)
+    return fixed, f"other settings fixed: {held}"
 
 
 def plot_quant_dq(data: ReportInputs) -> Figure:
@@ -57,7 +71,9 @@ def plot_quant_dq(data: ReportInputs) -> Figure:
         sns.barplot(data=ok, x="quant.type", y=col, hue="quant.double_quant", order=["nf4", "fp4"],
                     errorbar=None, ax=ax, palette="Set2")  # fmt: skip
         for cont in ax.containers:
-            ax.bar_label(cont, fmt="%.3g", fontsize=8)
+            vals = cont.datavalues
+            ax.bar_label(cont, labels=[f"{v:,.0f}" if v >= 100 else f"{v:.3g}" for v in vals],
+                         fontsize=8)  # fmt: skip
         ax.set(xlabel="4-bit data type", ylabel=ylabel)
         ax.yaxis.label.set_size(9)
         ax.legend(title="double quant", fontsize=8, title_fontsize=8, loc="lower right")
@@ -88,14 +104,18 @@ def plot_lm_eval(data: ReportInputs, top: int = 12) -> Figure:
     if not tasks:
         fig, ax = plt.subplots(figsize=(8, 3))
         return empty(fig, ax, "No lm-eval results (random-weight or failed trials only).")
+    # One row per trial, shared by every panel: the top trials by score, best at the top.
+    scores = {r["label"]: r["score"] for rows in tasks.values() for r in rows}
+    order = sorted(scores, key=lambda k: -(scores[k] if scores[k] is not None else -np.inf))
+    order = order[:top][::-1]
+    ypos = {label: i for i, label in enumerate(order)}
     n = len(tasks)
-    height = 1.6 + 0.32 * min(top, max(len(v) for v in tasks.values()))
-    fig, axes = plt.subplots(1, n, figsize=(4.6 * n + 2, height), squeeze=False, sharey=False)
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n + 3, 1.8 + 0.3 * len(order)), sharey=True,
+                             squeeze=False)  # fmt: skip
     for ax, (task, rows) in zip(axes[0], tasks.items(), strict=True):
-        rows = sorted(rows, key=lambda r: -(r["score"] or -np.inf))[:top][::-1]
-        y = np.arange(len(rows))
-        before = [r["before"] for r in rows]
-        after = [r["after"] for r in rows]
+        rows = [r for r in rows if r["label"] in ypos]
+        y = [ypos[r["label"]] for r in rows]
+        before, after = [r["before"] for r in rows], [r["after"] for r in rows]
         hib = rows[0].get("higher_is_better", True)
         colors = ["#2a9d8f" if (a - b) * (1 if hib else -1) >= 0 else "#e76f51"
                   for a, b in zip(after, before, strict=True)]  # fmt: skip
@@ -104,16 +124,13 @@ def plot_lm_eval(data: ReportInputs, top: int = 12) -> Figure:
         ax.errorbar(after, y, xerr=[r.get("stderr_after") or 0 for r in rows], fmt="none",
                     ecolor="#444", elinewidth=0.8, capsize=2)  # fmt: skip
         ax.scatter(after, y, c=colors, s=45, zorder=3, label="after (tuned)")
-        ax.set_yticks(y, [r["label"] for r in rows], fontsize=7)
         better = "higher" if hib else "lower"
         ax.set(title=task, xlabel=f"{rows[0]['metric']} (fraction, {better} is better)")
-    axes[0][0].legend(fontsize=7, loc="lower right")
-    missing = data.frame[data.frame["status"] != "success"]
-    if not missing.empty:
-        lines = "; ".join(f"{r['trial']} {reason(r, 45)}" for _, r in missing.iterrows())
-        fig.text(0.01, 0.005, f"no lm-eval: {lines}", fontsize=7, color="#666", wrap=True)
-    fig.suptitle("lm-eval before -> after per task (bars: stderr; top trials by score)")
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+        ax.xaxis.label.set_size(9)
+    axes[0][0].set_yticks(range(len(order)), [short_label(o) for o in order], fontsize=7)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    note_failed(axes[0][0], data.frame[data.frame["status"] != "success"], "no lm-eval")
+    fig.suptitle("lm-eval before -> after per task (whiskers: stderr; top trials by score)")
     return fig
 
 
@@ -126,7 +143,7 @@ def plot_memory_model(data: ReportInputs) -> Figure:
     if not parts:
         empty(fig, ax2, "No trial with a model shape to break down.")
     else:
-        labels = [p["label"] for p in parts]
+        labels = [short_label(p["label"]) for p in parts]
         left = np.zeros(len(parts))
         palette = sns.color_palette("tab10", len(MEM_PARTS))
         for color, part in zip(palette, MEM_PARTS, strict=True):

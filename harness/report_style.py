@@ -37,8 +37,15 @@ class ReportInputs:
 def reason(row: pd.Series, width: int = 60) -> str:
     """'status: first words of the error' for a grey mark."""
     err = row.get("error")
+    if row["status"] == "success" and row.get("device") == "cpu":
+        return "CPU run: RSS only, no VRAM figure"
     text = f"{row['status']}: {err}" if isinstance(err, str) and err else str(row["status"])
     return textwrap.shorten(text, width=width, placeholder="...")
+
+
+def short_label(label: str, width: int = 48) -> str:
+    """A trial label cut to fit a tick (full labels live in the tables)."""
+    return label if len(label) <= width else label[: width - 3] + "..."
 
 
 def empty(fig: Figure, ax: Any, why: str) -> Figure:
@@ -49,20 +56,28 @@ def empty(fig: Figure, ax: Any, why: str) -> Figure:
 
 
 def rug_failed(ax: Any, bad: pd.DataFrame, x: str) -> None:
-    """Grey x marks at the bottom of the axes for trials with an x value but no y."""
+    """Grey x marks on the bottom edge for trials with an x value but no y (reasons: note)."""
+    placed = bad.dropna(subset=[x])
+    if placed.empty:
+        return
     trans = ax.get_xaxis_transform()
-    for _, row in bad.dropna(subset=[x]).iterrows():
-        ax.scatter(row[x], 0.03, transform=trans, marker="x", color=GREY, s=50, zorder=5)
-        ax.annotate(reason(row, 40), (row[x], 0.05), xycoords=trans, fontsize=7, color=GREY,
-                    rotation=90, va="bottom", ha="center")  # fmt: skip
+    ax.scatter(placed[x], [0.03] * len(placed), transform=trans, marker="x", color=GREY, s=60,
+               zorder=5, clip_on=False, label="failed / OOM / pruned")  # fmt: skip
+    for _, row in placed.iterrows():
+        ax.annotate(f"{row['trial']} {row['status']}", (row[x], 0.06), xycoords=trans,
+                    fontsize=7, color="#777", rotation=90, va="bottom", ha="center")  # fmt: skip
+    # A blended transform does not widen the data limits: make room for far-off marks (OOM).
+    lo, hi = ax.get_xlim()
+    ax.set_xlim(min(lo, placed[x].min()), max(hi, placed[x].max() * 1.04))
 
 
 def note_failed(ax: Any, bad: pd.DataFrame, where: str = "not plotted") -> None:
-    """List trials the panel cannot place (no x either), so none vanish silently."""
+    """List trials the panel cannot place, below the axes, so none vanish silently."""
     if bad.empty:
         return
-    lines = [f"{r['trial']} {reason(r, 70)}" for _, r in bad.iterrows()][:6]
-    more = f"\n... and {len(bad) - 6} more" if len(bad) > 6 else ""
-    ax.text(0.01, 0.99, f"{where}:\n" + "\n".join(lines) + more, transform=ax.transAxes,
-            fontsize=7, color="#666", va="top",
-            bbox={"facecolor": "white", "edgecolor": GREY, "alpha": 0.85})  # fmt: skip
+    lines = [f"{r['trial']} {reason(r, 90)}" for _, r in bad.iterrows()][:8]
+    more = f"\n... and {len(bad) - 8} more" if len(bad) > 8 else ""
+    # 45 pt below the axes: clear of tick labels and the x label at any figure size.
+    ax.annotate(f"{where}:\n" + "\n".join(lines) + more, xy=(0, 0), xycoords="axes fraction",
+                xytext=(0, -45), textcoords="offset points", fontsize=7, color="#666",
+                va="top")  # fmt: skip
