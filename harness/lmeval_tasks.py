@@ -120,7 +120,7 @@ def _check_data(name: str, *, data_dir: Path, embedded_dir: Path | None) -> None
     try:
         _CHECKS[name](kwargs)
     except (ValueError, UnicodeDecodeError) as e:
-        raise ConfigError(field, str(root), f"task {name}: unreadable data: {e}") from None
+        raise ConfigError(field, str(root), f"task {name}: bad data: {e}") from None
 
 
 def _data_files(kwargs: dict[str, Any]) -> list[str]:
