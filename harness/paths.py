@@ -1,4 +1,4 @@
-"""Where the harness keeps what it builds once and reuses: converted models, random shapes, caches."""
+"""Where the harness keeps what it builds once and reuses: converted models, random weights."""
 
 import os
 from pathlib import Path

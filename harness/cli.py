@@ -1,0 +1,70 @@
+"""The Hydra entry: compose -> validate -> run one trial -> print where the record is."""
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue, ValidationError
+
+from harness.config import register_configs, to_trial_config
+from harness.errors import ConfigError
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+log = logging.getLogger("harness")
+register_configs()
+
+
+def job_context() -> tuple[list[str], dict, Path]:
+    """(overrides, group choices, output dir) of the current Hydra job."""
+    hc = HydraConfig.get()
+    choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
+    return list(hc.overrides.task), choices, Path(hc.runtime.output_dir)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def main(dcfg: DictConfig) -> float | None:
+    """Run one trial; in a multirun every job lands here."""
+    from harness.trial import run_trial
+
+    try:
+        cfg = to_trial_config(dcfg)
+        overrides, choices, out_dir = job_context()
+        if dcfg.get("out_dir"):
+            out_dir = Path(dcfg.out_dir)
+        rec = run_trial(cfg, out_dir, overrides=overrides, choices=choices)
+    except (ConfigError, MissingMandatoryValue, ValidationError) as e:
+        print(f"error: {_config_message(e)}", file=sys.stderr)
+        sys.exit(2)
+    _summary(rec, out_dir)
+    return rec.get("score")
+
+
+def _config_message(e: Exception) -> str:
+    if isinstance(e, ConfigError):
+        return str(e)
+    key = getattr(e, "full_key", "") or ""
+    return f"{key}: {str(e).splitlines()[0]}" if key else str(e).splitlines()[0]
+
+
+def _summary(rec: dict, out_dir: Path) -> None:
+    tp = rec.get("throughput") or {}
+    loss = rec.get("loss") or {}
+    mem = rec.get("peak_vram_reserved_gib")
+    mem_s = (
+        f"{mem:.2f} GiB VRAM reserved"
+        if mem is not None
+        else f"{rec.get('peak_rss_gib') or 0:.2f} GiB RSS (CPU)"
+    )
+    print(
+        f"[{rec['status']}] {rec['model'].get('name') if rec.get('model') else ''} "
+        f"loss {loss.get('final_train')} -> held-out {loss.get('eval')} | "
+        f"{tp.get('loss_tokens_per_s', 0):.1f} loss-tok/s | {mem_s} | score {rec.get('score')}"
+        + (f" | error: {rec['error']}" if rec.get("error") else "")
+    )
+    for task, metrics in (rec.get("lm_eval") or {}).items():
+        for name, m in metrics.items():
+            print(f"  {task} {name}: before {m.get('before')} after {m.get('after')}")
+    print(f"record: {out_dir / 'record.json'}")
