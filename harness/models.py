@@ -193,7 +193,10 @@ def count_params(model) -> dict[str, float]:
 
 def shape_summary(mcfg: ModelConfig, hf_config, *, random_weights: bool) -> dict[str, Any]:
     """The shape facts the reports and the memory model need."""
-    get = lambda k, d=None: getattr(hf_config, k, d)
+
+    def get(key: str, default: Any = None) -> Any:
+        return getattr(hf_config, key, default)
+
     return {
         "name": mcfg.name,
         "source": mcfg.source,

@@ -8,7 +8,8 @@ Schema (``schema_version`` 1). Every measurement carries its unit in its name.
     status              "success" | "oom" | "failed" | "pruned"
     error               null | one-line message;  traceback (if any) in ``error.txt`` beside
     started_at, finished_at   ISO-8601 UTC
-    config              the resolved, validated config: {model, quant, lora, optim, data, train, eval}
+    config              the resolved, validated config {model, quant, lora, optim, data, train,
+                        eval}
     overrides           the Hydra overrides of this job, e.g. ["lora.r=16", "quant=fp4"]
     model               {name, source, random_weights, architecture, hidden_size, num_layers,
                          intermediate_size, vocab_size, num_heads, num_kv_heads}

@@ -159,7 +159,8 @@ def _now() -> float:
 
 def build_trainer(
     model, tokenizer, train_rows, eval_rows, tcfg: TrainConfig, *, optim_used: str,
-    weight_decay: float, max_seq_len: int, packing: bool, device: str, bf16: bool, fp16: bool, out_dir: Path,
+    weight_decay: float, max_seq_len: int, packing: bool, device: str, bf16: bool, fp16: bool,
+    out_dir: Path,
     on_eval: Callable[[int, float], bool] | None = None,
 ):  # fmt: skip
     """An SFTTrainer over pre-tokenized rows (input_ids + completion_mask) with the measuring
