@@ -14,6 +14,7 @@ from harness.report_data import flatten
 
 # Groups Hydra reports in runtime.choices that are not trial settings.
 NOT_PINNED = ("experiment", "hparams_search", "trial_schema")
+GROUP_ORDER = ("model", "quant", "lora", "optim", "data", "train", "eval")
 _PLAIN = re.compile(r"^[A-Za-z0-9_./:+-]+$")
 
 
@@ -115,8 +116,11 @@ def default_name(rec: dict[str, Any]) -> str:
 
 
 def _choices(rec: dict[str, Any]) -> dict[str, str]:
-    return {
+    """Trial group choices in the root config's order (model, quant, lora, ...)."""
+    picked = {
         g: str(c)
         for g, c in (rec.get("choices") or {}).items()
         if c not in (None, "null") and g not in NOT_PINNED and not g.startswith("hydra")
     }
+    order = {g: i for i, g in enumerate(GROUP_ORDER)}
+    return dict(sorted(picked.items(), key=lambda kv: order.get(kv[0], len(order))))

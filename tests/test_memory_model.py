@@ -1,0 +1,112 @@
+"""The memory model: first-principles counts, calibration that reproduces its points, and an
+honest held-out error."""
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from harness.memory_model import (
+    LLAMA3_8B,
+    PRIOR_ANCHORS,
+    Setting,
+    calibrate,
+    error_report,
+    measured_points,
+    predict_peak_gib,
+    prior_calibration,
+)
+from harness.memory_table import seeds_rows
+from harness.memory_terms import GIB, lora_param_count, static_bytes
+from harness.report_data import load_records
+
+RECORDS = Path(__file__).parent / "fixtures" / "records"
+QLORA = Setting(batch_size=4)  # the anchor recipe: nf4+dq, r16 all-linear, seq 2048, full ckpt
+
+
+def test_first_principles_counts_for_llama3_8b() -> None:
+    # 32 layers x (q 16.8M + k 4.2M + v 4.2M + o 16.8M + 3 x 58.7M MLP) = 6.98B linear params.
+    assert LLAMA3_8B.linear_params == 6_979_321_856
+    assert LLAMA3_8B.params_total == 8_029_995_008  # + 2 x 525M embedding/lm_head (norms aside)
+    # PEFT prints 41,943,040 trainable params for r=16 all-linear on Llama-3-8B.
+    assert lora_param_count(LLAMA3_8B, QLORA) == 41_943_040
+    parts = static_bytes(LLAMA3_8B, QLORA)
+    assert parts["weights"] == 0.5 * 6_979_321_856 + 2 * 1_050_673_152
+    assert parts["quant_constants"] == pytest.approx(6_979_321_856 * 0.127 / 8)
+    no_dq = static_bytes(LLAMA3_8B, replace(QLORA, double_quant=False))
+    assert no_dq["quant_constants"] / parts["quant_constants"] == pytest.approx(0.5 / 0.127)
+    assert parts["optimizer_states"] == 2 * 41_943_040  # 8-bit AdamW: 2 B/param
+    full = static_bytes(
+        LLAMA3_8B, Setting(full_finetune=True, quant="none", optimizer="adamw_torch")
+    )
+    assert sum(full.values()) == 16 * LLAMA3_8B.params_total
+
+
+def test_breakdown_adds_up() -> None:
+    out = predict_peak_gib(LLAMA3_8B, QLORA)
+    keys = ("weights", "quant_constants", "lora_params", "grads", "optimizer_states",
+            "activations", "logits", "overhead")  # fmt: skip
+    assert set(out) == {*keys, "total"}
+    assert out["total"] == pytest.approx(sum(out[k] for k in keys))
+
+
+@pytest.mark.parametrize(
+    ("cheaper", "dearer"),
+    [({"batch_size": 1}, {"batch_size": 4}), ({"checkpointing": "full"}, {"checkpointing": "none"}),
+     ({"kernels": "liger"}, {"kernels": "none"}), ({"double_quant": True}, {"double_quant": False}),
+     ({"optimizer": "paged_adamw_8bit"}, {"optimizer": "adamw_torch"}), ({"r": 8}, {"r": 64}),
+     ({"optimizer": "sgd"}, {"optimizer": "adamw_8bit"}), ({"quant": "nf4"}, {"quant": "none"}),
+     ({"targets": "attention"}, {"targets": "all-linear"}),
+     ({"variant": "lora"}, {"variant": "dora"})],
+)  # fmt: skip
+def test_levers_move_memory_the_right_way(cheaper: dict, dearer: dict) -> None:
+    low = predict_peak_gib(LLAMA3_8B, replace(QLORA, **cheaper))["total"]
+    high = predict_peak_gib(LLAMA3_8B, replace(QLORA, **dearer))["total"]
+    assert low < high
+
+
+def test_prior_reproduces_the_h100_anchors() -> None:
+    calib = prior_calibration()
+    assert calib.n_priors == 2 and calib.n_records == 0
+    for shape, setting, measured, _ in PRIOR_ANCHORS:  # 24.2 and 10.2 GiB reserved
+        assert predict_peak_gib(shape, setting)["total"] == pytest.approx(measured, rel=0.05)
+
+
+def test_calibration_reproduces_its_points() -> None:
+    records = load_records(RECORDS)
+    points = measured_points(records)
+    assert len(points) == 13  # successful CUDA records; CPU, OOM and failed ones don't count
+    calib = calibrate(records)
+    assert calib.n_records == 13
+    for shape, setting, measured, label in points:
+        predicted = predict_peak_gib(shape, setting, calib)["total"]
+        assert predicted == pytest.approx(measured, rel=0.06), label
+
+
+def test_error_report_on_held_out_records() -> None:
+    records = load_records(RECORDS)
+    report = error_report(records, holdout_frac=0.3, seed=0)
+    assert report["n_holdout"] == 4 and report["n_fit"] == 9  # round(13 * 0.3) held out
+    assert "held-out" in report["basis"]
+    assert 0 < report["mape_pct"] < 10 and report["max_ape_pct"] >= report["mape_pct"]
+    assert report == error_report(records, holdout_frac=0.3, seed=0)  # seeded
+    measured = {p[3]: p[2] for p in measured_points(records)}
+    for row in report["rows"]:  # each held-out row is a real record, scored against its peak
+        assert measured[row["label"]] == row["measured_gib"]
+
+
+def test_error_report_without_cuda_records_uses_the_anchors() -> None:
+    report = error_report(load_records(RECORDS / "cpu-smollm2"))
+    assert "anchors" in report["basis"] and report["n_holdout"] == 2
+    assert math.isfinite(report["mape_pct"])
+
+
+def test_seeds_table_is_sane() -> None:
+    rows = {r["size"]: r for r in seeds_rows()}
+    assert list(rows) == ["1B", "3B", "7-8B", "13B", "33B", "70B"]
+    eight = rows["7-8B"]["need_gib"]
+    assert eight["QLoRA"] < eight["LoRA"] < eight["full FT"]
+    assert eight["full FT"] > 16 * 8.0e9 / GIB  # 16 B/param before activations
+    assert rows["70B"]["fits"][80]["QLoRA"] and not rows["70B"]["fits"][80]["LoRA"]
+    assert rows["1B"]["fits"][8]["QLoRA"]

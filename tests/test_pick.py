@@ -1,0 +1,155 @@
+"""pick: the right row on a crafted table, clean refusals, overrides and pinned experiments."""
+
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.pick import main
+from harness.pick_core import decide, pick_measured
+from harness.pick_pin import experiment_yaml, hydra_overrides, override_value, write_experiment
+from harness.report_data import load_records, records_frame
+
+RECORDS = Path(__file__).parent / "fixtures" / "records"
+H100 = RECORDS / "h100-llama3-8b"
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def crafted(rows: list[tuple]) -> list[dict]:
+    """Records with (name, status, peak GiB, score, tokens/s) and nothing else."""
+    return [
+        {"trial_id": n, "status": st, "peak_vram_reserved_gib": peak, "score": score,
+         "throughput": {"loss_tokens_per_s": tps}, "config": {"lora": {"r": i}},
+         "overrides": [f"lora.r={i}"]}
+        for i, (n, st, peak, score, tps) in enumerate(rows)
+    ]  # fmt: skip
+
+
+TABLE = crafted([
+    ("big-best", "success", 30.0, 0.90, 1000),
+    ("edge-out", "success", 21.9, 0.80, 1500),  # 21.9 * 1.1 = 24.09 > 24
+    ("edge-in", "success", 21.8, 0.70, 1200),  # 21.8 * 1.1 = 23.98 <= 24
+    ("small-fast", "success", 12.0, 0.60, 3000),
+    ("tiny", "success", 8.0, 0.50, 900),
+    ("oom", "oom", 23.0, None, None),
+    ("failed", "failed", None, None, None),
+    ("cpu", "success", None, 0.95, 300),  # no VRAM figure: never picked for a budget
+])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("objective", "budget", "expected"),
+    [("score", 24, "edge-in"), ("throughput", 24, "small-fast"), ("memory", 24, "tiny"),
+     ("score", 80, "big-best"), ("score", 13.3, "small-fast"), ("score", 8.8, "tiny")],
+)  # fmt: skip
+def test_pick_returns_the_right_row(objective: str, budget: float, expected: str) -> None:
+    frame = records_frame(TABLE)
+    row = pick_measured(frame, budget, objective=objective, margin=0.10)
+    assert row is not None and row["trial"] == expected
+
+
+def test_pick_refuses_when_nothing_fits() -> None:
+    frame = records_frame(TABLE)
+    assert pick_measured(frame, 8.7, margin=0.10) is None  # 8.0 * 1.1 = 8.8
+    # No model shape in the crafted records: nothing can be predicted either.
+    assert decide(load_records(TABLE), frame, 8.7) is None
+
+
+def test_cli_measured_pick(capsys: pytest.CaptureFixture) -> None:
+    assert main(["--budget-gib", "24", str(H100)]) == 0
+    out = capsys.readouterr().out
+    # t11 (liger, 11.9 GiB, score 0.572) beats t10 (10.2 GiB, 0.570); t00 needs 24.2*1.1 > 24.
+    assert "MEASURED: nf4 dq r16 lora b4 ckpt:full liger eager  [t11]" in out
+    assert "lora.r=16" in out and "quant=nf4" in out and "train.kernels=liger" in out
+
+
+def test_cli_nothing_fits_names_the_closest(capsys: pytest.CaptureFixture) -> None:
+    assert main(["--budget-gib", "4", str(H100)]) == 1
+    out = capsys.readouterr().out
+    assert "No measured setting fits" in out and "closest:" in out and "[t10]" in out
+    assert "NOTHING FITS 4.0 GiB" in out and "smallest predicted" in out
+    assert "Traceback" not in out
+
+
+def test_cli_predicts_when_only_smaller_variants_fit(capsys: pytest.CaptureFixture) -> None:
+    assert main(["--budget-gib", "9", str(H100)]) == 0
+    out = capsys.readouterr().out
+    assert "PREDICTED (memory model, not measured)" in out
+    assert "train.batch_size=1" in out and "held-out" in out
+
+
+def test_cli_cpu_records_cannot_be_picked_by_vram(capsys: pytest.CaptureFixture) -> None:
+    assert main(["--budget-gib", "24", str(RECORDS / "cpu-smollm2")]) == 0
+    out = capsys.readouterr().out
+    assert "none of the 4 trials has a CUDA peak" in out and "PREDICTED" in out
+
+
+def test_cli_model_never_run_is_predicted(capsys: pytest.CaptureFixture) -> None:
+    assert main(["--budget-gib", "48", str(H100), "--model", "llama3-70b"]) == 0
+    out = capsys.readouterr().out
+    assert "PREDICTED" in out and "for model llama3-70b" in out and "model=llama3-70b" in out
+
+
+def test_cli_seeds_table(capsys: pytest.CaptureFixture) -> None:
+    assert main(["--table"]) == 0
+    out = capsys.readouterr().out
+    for size in ("| 1B", "| 3B", "| 7-8B", "| 13B", "| 33B", "| 70B"):
+        assert size in out
+    assert "80 GB |" in out and "full FT / LoRA / QLoRA" in out
+    row_8b = next(line for line in out.splitlines() if line.startswith("| 7-8B"))
+    cells = [c.strip() for c in row_8b.split("|")[4:-1]]  # 8, 12, 16, 24, 40, 48, 80 GB
+    assert cells[1] == "✗ ✗ ✓"  # 12 GB: only QLoRA (~10.4 GiB predicted) fits an 8B
+    assert cells[-1] == "✗ ✓ ✓"  # 80 GB: full FT of 8B needs ~124 GiB at 16 B/param
+
+
+def test_write_experiment_refuses_to_overwrite(tmp_path: Path, capsys) -> None:
+    args = ["--budget-gib", "24", str(H100), "--write-experiment", "--name", "e24",
+            "--conf-dir", str(tmp_path)]  # fmt: skip
+    assert main(args) == 0
+    path = tmp_path / "experiment" / "e24.yaml"
+    text = path.read_text()
+    assert text.startswith("# @package _global_\n# Pinned by `python -m harness.pick")
+    assert "rerun: python -m harness experiment=e24" in text
+    body = yaml.safe_load(text)
+    assert body["defaults"][:2] == [{"override /model": "llama3-8b"}, {"override /quant": "nf4"}]
+    assert body["lora"]["r"] == 16 and body["train"]["kernels"] == "liger"
+    path.write_text("mine")
+    assert main(args) == 2 and path.read_text() == "mine"
+    assert "--force" in capsys.readouterr().err
+    assert main([*args, "--force"]) == 0 and path.read_text() == text
+
+
+def test_overrides_spell_grid_and_quote() -> None:
+    rec = load_records(H100 / "t02")[0]
+    ov = hydra_overrides(rec, ["lora.r", "quant.double_quant"], {"train.batch_size": 1})
+    assert ov[:2] == ["model=llama3-8b", "quant=fp4"]
+    assert {"lora.r=16", "quant.double_quant=true", "train.batch_size=1"} <= set(ov)
+    assert override_value([1, "a b"]) == "[1,'a b']" and override_value(None) == "null"
+
+
+@pytest.mark.skipif(
+    not (CONF / "config.yaml").is_file() or "experiment" not in (CONF / "config.yaml").read_text(),
+    reason="conf/config.yaml with an `optional experiment` default not present yet",
+)
+def test_pinned_experiment_composes_to_the_same_config(tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from harness.config import register_configs, to_trial_config
+
+    register_configs()
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf, ignore=shutil.ignore_patterns("experiment"))
+    overrides = ["quant=fp4", "lora.r=8", "train.batch_size=2"]
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+        choices = dict(cfg.hydra.runtime.choices)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        want = asdict(to_trial_config(cfg))
+        rec = {"config": want, "choices": choices, "overrides": overrides, "_path": "r.json"}
+        write_experiment(experiment_yaml(rec, name="pinned", command="pick"), conf, "pinned")
+        got = asdict(to_trial_config(compose("config", overrides=["experiment=pinned"])))
+    assert got == want
