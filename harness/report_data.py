@@ -52,6 +52,9 @@ class StudySource:
     storage: str
     study: str
 
+    def __str__(self) -> str:
+        return f"study {self.study!r} in {self.storage}"
+
 
 Source = Path | str | StudySource | Iterable[dict[str, Any]]
 

@@ -21,6 +21,7 @@ from harness.report_style import (  # noqa: E402
     TPS,
     VRAM,
     ReportInputs,
+    controlled,
     empty,
     note_failed,
     reason,
@@ -30,23 +31,29 @@ from harness.report_style import (  # noqa: E402
 
 
 def plot_score_vs_rank(data: ReportInputs) -> Figure:
-    """Score against LoRA rank, one line per variant."""
+    """Score against LoRA rank, one line per variant, other settings held fixed."""
     fig, ax = plt.subplots(figsize=(8, 5))
     ok = data.ok.dropna(subset=["score"])
     if ok.empty or "lora.r" not in ok:
         return empty(fig, ax, "No scores in this sweep (random-weight trials report none).")
     hue = "lora.variant" if "lora.variant" in ok else None
-    # Scores of different models never share a line: a mean across them means nothing.
-    style = "model" if ok["model"].nunique() > 1 else None
-    sns.lineplot(data=ok, x="lora.r", y="score", hue=hue, style=style, marker="o", errorbar=None,
-                 ax=ax)  # fmt: skip
-    sns.scatterplot(data=ok, x="lora.r", y="score", hue=hue, legend=False, alpha=0.4, ax=ax)
+    lines, caption = controlled(
+        data, ok, [c for c in ("lora.r", "lora.variant") if c in ok], "lora"
+    )
+    rest = ok.drop(index=lines.index)
+    if not rest.empty:  # the other settings: context, not lines
+        ax.scatter(rest["lora.r"], rest["score"], color=GREY, alpha=0.5, s=25,
+                   label="other settings")  # fmt: skip
+    sns.lineplot(data=lines, x="lora.r", y="score", hue=hue, marker="o", errorbar=None, ax=ax)
     ax.set_xscale("log", base=2)
     ranks = sorted(data.frame["lora.r"].dropna().unique())
     ax.set_xticks(ranks, [str(int(r)) for r in ranks])
-    ax.set(xlabel="LoRA rank r (log2 scale)", ylabel=SCORE, title="Score vs LoRA rank by variant")
+    ax.set(xlabel="LoRA rank r (log2 scale)", ylabel=SCORE,
+           title=f"Score vs LoRA rank by variant\n(lines: {caption})")  # fmt: skip
+    ax.title.set_size(10)
     rug_failed(ax, data.bad, "lora.r")
     note_failed(ax, data.bad, "no score")
+    ax.legend(fontsize=8)
     return fig
 
 

@@ -8,13 +8,13 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from harness.report_data import label_keys, short, value_of
 from harness.report_style import (
     GREY,
     SCORE,
     TPS,
     VRAM,
     ReportInputs,
+    controlled,
     empty,
     note_failed,
     short_label,
@@ -26,33 +26,11 @@ MEM_PARTS = ("weights", "quant_constants", "lora_params", "grads", "optimizer_st
 
 
 def quant_subset(data: ReportInputs) -> tuple[pd.DataFrame, str]:
-    """Trials that differ only in quant type / double quant, and what the rest is fixed at.
-
-    Comparing nf4 with fp4 across different ranks would mix two effects, so the panel keeps the
-    group of otherwise-equal settings that covers the most (type, double_quant) combinations.
-    """
-    frame = data.frame[data.frame.get("quant.type", pd.Series(dtype=str)).isin(["nf4", "fp4"])]
-    if frame.empty:
-        return frame, ""
-    keys = [k for k in label_keys(data.records) if k != "quant" and not k.startswith("quant.")]
-    if data.frame["model"].nunique() > 1:
-        keys.insert(0, "model.name")
-    cols = {k: k if "." in k else f"choice.{k}" for k in keys}
-    others = [c for c in cols.values() if c in frame]
-    if not others:
-        return frame, "all other settings equal"
-    keyed = frame.assign(_key=frame[others].astype(str).agg(" ".join, axis=1))
-    ok = keyed[keyed["status"] == "success"]
-    combos = ok.groupby("_key")[["quant.type", "quant.double_quant"]].apply(
-        lambda g: len(g.drop_duplicates())
-    )
-    if combos.empty:
-        return frame.iloc[0:0], ""
-    best = combos.sort_values(ascending=False).index[0]
-    fixed = keyed[keyed["_key"] == best].drop(columns="_key")
-    rec = data.records[fixed.index[0]]
-    held = " ".join(short(k, value_of(rec, k)) for k, c in cols.items() if c in frame)
-    return fixed, f"other settings fixed: {held}"
+    """nf4/fp4 trials that differ only in quant type / double quant (see ``controlled``)."""
+    if "quant.type" not in data.frame or "quant.double_quant" not in data.frame:
+        return data.frame.iloc[0:0], ""
+    frame = data.frame[data.frame["quant.type"].isin(["nf4", "fp4"])]
+    return controlled(data, frame, ["quant.type", "quant.double_quant"], "quant")
 
 
 def plot_quant_dq(data: ReportInputs) -> Figure:

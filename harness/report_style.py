@@ -11,6 +11,8 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
+from harness.report_data import label_keys, short, value_of
+
 GREY = "#9a9a9a"
 VRAM = "peak reserved VRAM, train phase (GiB)"
 SCORE = "score (primary lm-eval metric after tuning; higher is better)"
@@ -81,3 +83,32 @@ def note_failed(ax: Any, bad: pd.DataFrame, where: str = "not plotted") -> None:
     ax.annotate(f"{where}:\n" + "\n".join(lines) + more, xy=(0, 0), xycoords="axes fraction",
                 xytext=(0, -45), textcoords="offset points", fontsize=7, color="#666",
                 va="top")  # fmt: skip
+
+
+def controlled(
+    data: ReportInputs, frame: pd.DataFrame, varied: list[str], prefix: str
+) -> tuple[pd.DataFrame, str]:
+    """The rows of ``frame`` that differ only in ``varied`` columns, and what the rest is fixed at.
+
+    Comparing nf4 with fp4 (or r=8 with r=64) across different batch sizes would mix two effects,
+    so a panel keeps the group of otherwise-equal settings covering the most ``varied`` combos.
+    Grid keys starting with ``prefix`` (the varied group) are not held fixed.
+    """
+    if frame.empty:
+        return frame, ""
+    keys = [k for k in label_keys(data.records) if k != prefix and not k.startswith(prefix + ".")]
+    if data.frame["model"].nunique() > 1:
+        keys.insert(0, "model.name")
+    cols = {k: k if "." in k else f"choice.{k}" for k in keys}
+    cols = {k: c for k, c in cols.items() if c in frame and c not in varied}
+    if not cols:
+        return frame, "all other settings equal"
+    keyed = frame.assign(_key=frame[list(cols.values())].astype(str).agg(" ".join, axis=1))
+    ok = keyed[keyed["status"] == "success"]
+    combos = ok.groupby("_key")[varied].apply(lambda g: len(g.drop_duplicates()))
+    if combos.empty:
+        return frame.iloc[0:0], ""
+    fixed = keyed[keyed["_key"] == combos.sort_values(ascending=False).index[0]]
+    rec = data.records[fixed.index[0]]
+    held = " ".join(short(k, value_of(rec, k)) for k in cols)
+    return fixed.drop(columns="_key"), f"other settings fixed: {held}"

@@ -78,6 +78,12 @@ def test_markdown_and_html_reference_every_plot(report: dict[str, Path]) -> None
     assert "t13" in md and "oom" in md and "CUDA out of memory" in md  # greyed, with reason
 
 
+def test_report_of_one_failed_trial_still_writes_every_plot(tmp_path: Path) -> None:
+    files = build_report(H100 / "t14", tmp_path, title="only a failure", svg=False)
+    assert {f"{name}.png" for name in PLOTS} <= set(files)
+    assert "torch._dynamo.exc.Unsupported" in files["summary.md"].read_text()
+
+
 def test_frame_columns() -> None:
     frame = load_records_frame(H100)
     cols = ["lora.r", "quant.type", "quant.double_quant", "score", "train_tokens_per_s",
