@@ -116,7 +116,7 @@ def pick_predicted(
     Ranked by the source trial's measured objective (for ``memory``: the predicted peak), then by
     the fewest changes. ``shape``/``model`` predict for a model the sweep never ran.
     """
-    col, higher, _ = OBJECTIVES[objective]
+    col, higher, tie = OBJECTIVES[objective]
     best: tuple | None = None
     for rec in records:
         own = shape_from_record(rec.get("model") or {})
@@ -128,8 +128,8 @@ def pick_predicted(
             if need_gib(peak, margin) > budget_gib:
                 continue
             value = peak if objective == "memory" else _metric(rec, col)
-            sign = -1 if (higher and objective != "memory") else 1
-            key = (value is None, sign * (value or 0.0), len(change), peak)
+            key = (*_desc(value, higher and objective != "memory"), *_desc(_metric(rec, tie), True),
+                   len(change), peak)  # fmt: skip
             if best is None or key < best[0]:
                 best = (key, Choice("predicted", rec, peak, need_gib(peak, margin), error_pct,
                                     change, model))  # fmt: skip
@@ -159,6 +159,11 @@ def decide(
             return Choice("measured", records[row.name], peak, need_gib(peak, margin))
     return pick_predicted(records, budget_gib, objective=objective, margin=margin, calib=calib,
                           error_pct=error_pct, shape=shape, model=model)  # fmt: skip
+
+
+def _desc(value: float | None, higher: bool) -> tuple[bool, float]:
+    """Sort key part: missing values last, then best first."""
+    return value is None, -(value or 0.0) if higher else (value or 0.0)
 
 
 def _metric(rec: dict[str, Any], col: str) -> float | None:

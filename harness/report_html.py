@@ -58,7 +58,7 @@ def fmt(col: str, val: Any) -> str:
     if col.endswith("_gib"):
         return f"{val:.1f}"
     if col == "params_trainable":
-        return f"{val / 1e6:.1f}M"
+        return f"{val / 1e6:.1f}M" if val >= 1e6 else f"{val:,.0f}"
     if col == "rank":
         return str(int(val))
     return str(val)

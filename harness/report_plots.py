@@ -12,6 +12,7 @@ matplotlib.use("Agg")  # files only; no display on CI or GPU nodes
 import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from harness.pareto import pareto_mask  # noqa: E402
 from harness.report_plots_more import plot_lm_eval, plot_memory_model, plot_quant_dq  # noqa: E402
@@ -76,6 +77,7 @@ def plot_loss_curves(data: ReportInputs) -> Figure:
     if not drawn:
         return empty(fig, ax, "No loss curves in these records.")
     ax.set(xlabel="optimizer step", ylabel="training loss (nats/token)", title="Loss curves")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     no_curve = data.frame[[not ((r.get("loss") or {}).get("curve")) for r in data.records]]
     note_failed(ax, no_curve[no_curve["status"] != "success"], "no curve")
