@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
-from harness.lmeval_tasks import TASK_PREFIX, materialize_tasks, tasks_fingerprint
+from harness.lmeval_tasks import (
+    EMBEDDED_DIR_TOKEN,
+    TASK_PREFIX,
+    TASKS_DIR,
+    materialize_tasks,
+    tasks_fingerprint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +86,8 @@ def evaluate_lm(
     if not tasks:
         raise ConfigError("eval.tasks", tasks, "at least one task")
     _check_limit(limit)
+    if embedded_dir is None and any(_reads_embedded_dir(name) for name in tasks):
+        raise ConfigError("eval.tasks", tasks, "qh_embedded needs embedded_dir (its heldout.jsonl)")
     include = materialize_tasks(
         work_dir / "lm_eval_tasks", data_dir=data_dir, embedded_dir=embedded_dir
     )
@@ -206,6 +214,11 @@ def merge_before_after(before: Scores, after: Scores) -> Scores:
                 "higher_is_better": a.get("higher_is_better", b.get("higher_is_better", True)),
             }
     return merged
+
+
+def _reads_embedded_dir(task: str) -> bool:
+    path = TASKS_DIR / f"{task}.yaml"
+    return path.is_file() and EMBEDDED_DIR_TOKEN in path.read_text()
 
 
 def _check_limit(limit: int | float | None) -> None:

@@ -166,6 +166,34 @@ def test_embedded_exact_match_ignores_surrounding_whitespace(lm, data_dir, tmp_p
     assert scores["qh_embedded"]["exact_match"]["value"] == 1.0
 
 
+def test_quantized_peft_model_in_train_mode_scores_in_memory(data_dir, tokenizer, tmp_path):
+    """The trial's own case: a 4-bit base with a LoRA adapter, mid-training, scored as is."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+    )
+    base = AutoModelForCausalLM.from_pretrained(
+        ensure_embedded_model(), quantization_config=quant, dtype=torch.float32
+    )
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    model.train()
+    scores = evaluate_lm(
+        model,
+        tokenizer,
+        ["qh_arc_easy", "qh_lambada"],
+        data_dir=data_dir,
+        embedded_dir=None,
+        limit=2,
+        batch_size="auto",  # becomes 1 on the CPU
+        work_dir=tmp_path,
+    )
+    assert model.training, "evaluation must hand the model back in train mode"
+    assert set(scores) == {"qh_arc_easy", "qh_lambada"}
+    assert scores["qh_lambada"]["perplexity"]["value"] > 1
+
+
 def test_check_tasks_accepts_all_shipped_tasks_quickly(data_dir, tokenizer, tmp_path):
     embedded_dir = write_heldout(tokenizer, tmp_path)
     start = time.perf_counter()
@@ -195,10 +223,26 @@ def test_missing_data_file_names_task_and_file(tmp_path):
     assert "qh_piqa" in msg and str(tmp_path.resolve() / "piqa" / "valid.jsonl") in msg
 
 
-def test_embedded_task_needs_its_dir(data_dir):
-    with pytest.raises(ConfigError) as err:
-        check_tasks(["qh_embedded"], data_dir=data_dir, embedded_dir=None)
-    assert err.value.field == "eval.embedded_dir" and "qh_embedded" in str(err.value)
+def test_embedded_task_is_checked_once_its_file_exists(data_dir, lm, tmp_path):
+    # None: the trial writes heldout.jsonl after pre-flight, so there is nothing to check yet.
+    check_tasks(["qh_embedded"], data_dir=data_dir, embedded_dir=None)
+    with pytest.raises(ConfigError, match=r"qh_embedded.*heldout.jsonl is missing"):
+        check_tasks(["qh_embedded"], data_dir=data_dir, embedded_dir=tmp_path)
+    (tmp_path / "heldout.jsonl").write_text('{"text": "Q: 1+1\\nA:"}\n')
+    with pytest.raises(ConfigError, match=r"heldout.jsonl:1: field 'answer'"):
+        check_tasks(["qh_embedded"], data_dir=data_dir, embedded_dir=tmp_path)
+    model, tokenizer = lm
+    with pytest.raises(ConfigError, match="embedded_dir"):
+        evaluate_lm(
+            model,
+            tokenizer,
+            ["qh_embedded"],
+            data_dir=data_dir,
+            embedded_dir=None,
+            limit=1,
+            batch_size=1,
+            work_dir=tmp_path,
+        )
 
 
 ARC_ROW = '{"query": "Q", "choices": ["a"], "gold": 0}\n'
