@@ -19,9 +19,23 @@ from typing import Any
 from harness.memory_model import calibrate, error_report
 from harness.memory_table import PRESETS, format_seeds_table, seeds_rows
 from harness.memory_terms import Shape
-from harness.pick_core import OBJECTIVES, Choice, closest_measured, decide, pick_predicted
+from harness.pick_core import (
+    OBJECTIVES,
+    Choice,
+    closest_measured,
+    decide,
+    measured_fits,
+    pick_predicted,
+)
 from harness.pick_pin import default_name, experiment_yaml, hydra_overrides, write_experiment
-from harness.report_data import StudySource, label_keys, load_records, records_frame
+from harness.report_data import (
+    StudySource,
+    label_keys,
+    load_records,
+    records_frame,
+    status_counts,
+    trial_name,
+)
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -51,7 +65,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     source: Any = StudySource(args.storage, args.study) if args.study else args.sweep
-    records = load_records(source) if (args.sweep or args.study) else []
+    try:
+        records = load_records(source) if (args.sweep or args.study) else []
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     calib = calibrate(records)
     if args.table:
         print(format_seeds_table(seeds_rows(calib, margin=args.margin), margin=args.margin))
@@ -86,7 +104,7 @@ def describe(choice: Choice, args: argparse.Namespace, err: dict, grid: list[str
     tp = (rec.get("throughput") or {}).get("loss_tokens_per_s")
     same = " (for the unchanged setting)" if choice.changes or choice.model else ""
     head = "MEASURED" if choice.kind == "measured" else "PREDICTED (memory model, not measured)"
-    lines = [f"{head}: {rec['_label']}  [{_trial(rec)}]"]
+    lines = [f"{head}: {rec['_label']}  [{trial_name(rec)}]"]
     if choice.kind == "measured":
         lines.append(f"  peak reserved {choice.peak_gib:.1f} GiB + {args.margin:.0%} = "
                      f"{choice.need_gib:.1f} GiB of {args.budget_gib:.1f} GiB")  # fmt: skip
@@ -113,9 +131,10 @@ def describe(choice: Choice, args: argparse.Namespace, err: dict, grid: list[str
 
 
 def _header(args: argparse.Namespace, frame: Any, source: Any) -> str:
-    counts = ", ".join(f"{n} {s}" for s, n in frame["status"].value_counts().items())
-    return (f"Budget {args.budget_gib:.1f} GiB, margin {args.margin:.0%}, objective "
-            f"{args.objective}; {len(frame)} trials from {source} ({counts}).\n")  # fmt: skip
+    budget = f"Budget {args.budget_gib:.1f} GiB, margin {args.margin:.0%}"
+    return f"{budget}, objective {args.objective}; {len(frame)} trials from {source} " + (
+        f"({status_counts(frame)}).\n"
+    )
 
 
 def _explain_no_measured_fit(frame: Any, args: argparse.Namespace) -> None:
@@ -125,8 +144,7 @@ def _explain_no_measured_fit(frame: Any, args: argparse.Namespace) -> None:
               "measure process RSS, not VRAM), so nothing measured can be picked for a VRAM "
               "budget.\n")  # fmt: skip
         return
-    fits = cuda["peak_vram_reserved_gib"] * (1 + args.margin) <= args.budget_gib
-    if fits.any():
+    if not measured_fits(frame, args.budget_gib, args.margin).empty:
         return
     row = closest_measured(frame)
     need = row["peak_vram_reserved_gib"] * (1 + args.margin)
@@ -194,11 +212,6 @@ def _target_model(name: str | None, records: list[dict]) -> tuple[Shape | None, 
 
 def _model_names(rec: dict) -> set[str]:
     return {(rec.get("model") or {}).get("name"), (rec.get("choices") or {}).get("model")}
-
-
-def _trial(rec: dict) -> str:
-    path = rec.get("_path") or ""
-    return Path(path).parent.name if path.endswith("record.json") else str(rec.get("trial_id"))
 
 
 def _kv(changes: dict) -> str:

@@ -29,7 +29,14 @@ from harness.memory_model import (
 )
 from harness.memory_table import BUDGETS_GB, format_seeds_table, seeds_rows
 from harness.pick_core import Choice, decide, pick_predicted
-from harness.report_data import Source, StudySource, load_records, load_records_frame, records_frame
+from harness.report_data import (
+    Source,
+    StudySource,
+    load_records,
+    load_records_frame,
+    records_frame,
+    status_counts,
+)
 from harness.report_html import render_html, render_markdown
 from harness.report_plots import save_plots
 from harness.report_style import ReportInputs
@@ -141,7 +148,7 @@ def _closest_text(c: Choice) -> str:
 
 
 def _meta(frame: pd.DataFrame, source: Source) -> str:
-    counts = ", ".join(f"{n} {s}" for s, n in frame["status"].value_counts().items())
+    counts = status_counts(frame)
     where = source if isinstance(source, str | Path | StudySource) else "records"
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return f"{len(frame)} trials ({counts}) from {where}; generated {stamp}."

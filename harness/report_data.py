@@ -98,6 +98,11 @@ def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     return frame
 
 
+def status_counts(frame: pd.DataFrame) -> str:
+    """'13 success, 1 oom, 1 failed'."""
+    return ", ".join(f"{n} {s}" for s, n in frame["status"].value_counts().items())
+
+
 def varying_keys(records: list[dict[str, Any]]) -> list[str]:
     """Dotted config keys whose value differs between records (the sweep's grid)."""
     flat = [flatten(r.get("config") or {}) for r in records]
@@ -122,7 +127,7 @@ def _row(rec: dict[str, Any]) -> dict[str, Any]:
     loss, device = rec.get("loss") or {}, rec.get("device") or {}
     train_mem = ((rec.get("memory") or {}).get("phases") or {}).get("train") or {}
     row = {
-        "trial": _trial_name(rec),
+        "trial": trial_name(rec),
         "label": rec.get("_label", ""),
         "status": rec.get("status"),
         "error": rec.get("error"),
@@ -149,7 +154,8 @@ def _row(rec: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _trial_name(rec: dict[str, Any]) -> str:
+def trial_name(rec: dict[str, Any]) -> str:
+    """The trial's dir name (sweep job number), else the start of its id."""
     path = rec.get("_path")
     if path and path.endswith("record.json"):
         return Path(path).parent.name
@@ -167,7 +173,7 @@ def _add_labels(recs: list[dict[str, Any]]) -> None:
         for rec in group:
             parts = [model] if len(groups) > 1 else []
             parts += [short(k, value_of(rec, k)) for k in keys]
-            label = " ".join(parts) or _trial_name(rec)
+            label = " ".join(parts) or trial_name(rec)
             seen[label] = seen.get(label, 0) + 1
             rec["_label"] = label if seen[label] == 1 else f"{label} #{seen[label]}"
 
