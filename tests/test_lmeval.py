@@ -77,6 +77,14 @@ def write_heldout(tokenizer, out_dir: Path, answers: list[str] | None = None) ->
     return out_dir
 
 
+def score(model, tokenizer, tasks, data_dir, tmp_path, **kwargs):
+    """evaluate_lm with the test defaults: 2 items, batch 1, no embedded dir."""
+    kwargs = {"embedded_dir": None, "limit": 2, "batch_size": 1, **kwargs}
+    return evaluate_lm(
+        model, tokenizer, tasks, data_dir=data_dir, work_dir=tmp_path / "work", **kwargs
+    )
+
+
 def test_every_yaml_has_header_version_and_directions():
     assert harness_tasks() == sorted(EXPECTED)
     for name in harness_tasks():
@@ -108,21 +116,14 @@ def test_task_scores_on_cpu(task, lm, data_dir, tmp_path):
     embedded_dir = write_heldout(tokenizer, tmp_path / "emb")
     # One WikiText article is already ~1.3k tokens; 2 items of anything else.
     limit = 1 if task == "qh_wikitext2" else 2
-    scores = evaluate_lm(
-        model,
-        tokenizer,
-        [task],
-        data_dir=data_dir,
-        embedded_dir=embedded_dir,
-        limit=limit,
-        batch_size=1,
-        work_dir=tmp_path / "work",
+    scores = score(
+        model, tokenizer, [task], data_dir, tmp_path, embedded_dir=embedded_dir, limit=limit
     )
     assert list(scores) == [task]
     assert {m: s["higher_is_better"] for m, s in scores[task].items()} == EXPECTED[task]
-    for metric, score in scores[task].items():
-        assert math.isfinite(score["value"]), metric
-        assert score["stderr"] is None or score["stderr"] >= 0
+    for metric, result in scores[task].items():
+        assert math.isfinite(result["value"]), metric
+        assert result["stderr"] is None or result["stderr"] >= 0
     if task == "qh_wikitext2":
         ppl, bpb = scores[task]["byte_perplexity"]["value"], scores[task]["bits_per_byte"]["value"]
         assert ppl > 1 and bpb == pytest.approx(math.log2(ppl))
@@ -134,35 +135,21 @@ def test_task_scores_on_cpu(task, lm, data_dir, tmp_path):
 
 
 def test_embedded_exact_match_ignores_surrounding_whitespace(lm, data_dir, tmp_path):
-    """The model's own greedy answers, padded with spaces, score 1.0; the model stays in train
-    mode (evaluation must not leave a model being tuned in eval mode)."""
+    """The model's own greedy answers, padded with spaces, score 1.0."""
     model, tokenizer = lm
     answers = []
     for question in QUESTIONS:
+        messages = [{"role": "user", "content": question}]
         ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt"
+            messages, add_generation_prompt=True, return_tensors="pt"
         )
-        ids = ids["input_ids"] if not isinstance(ids, torch.Tensor) else ids
+        ids = ids if isinstance(ids, torch.Tensor) else ids["input_ids"]
         with torch.no_grad():
             out = model.generate(ids, max_new_tokens=24, do_sample=False)
-        text = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=False)
-        answer = text.split("\n")[0].split("<|im_end|>")[0]
-        answers.append(f"  {answer.strip()} ")
-    model.train()
-    try:
-        scores = evaluate_lm(
-            model,
-            tokenizer,
-            ["qh_embedded"],
-            data_dir=data_dir,
-            embedded_dir=write_heldout(tokenizer, tmp_path, answers),
-            limit=None,
-            batch_size=1,
-            work_dir=tmp_path / "work",
-        )
-        assert model.training
-    finally:
-        model.eval()
+        text = tokenizer.decode(out[0, ids.shape[1] :])
+        answers.append(f"  {text.split(chr(10))[0].split('<|im_end|>')[0].strip()} ")
+    embedded_dir = write_heldout(tokenizer, tmp_path, answers)
+    scores = score(model, tokenizer, ["qh_embedded"], data_dir, tmp_path, embedded_dir=embedded_dir)
     assert scores["qh_embedded"]["exact_match"]["value"] == 1.0
 
 
@@ -179,18 +166,10 @@ def test_quantized_peft_model_in_train_mode_scores_in_memory(data_dir, tokenizer
     )
     model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     model.train()
-    scores = evaluate_lm(
-        model,
-        tokenizer,
-        ["qh_arc_easy", "qh_lambada"],
-        data_dir=data_dir,
-        embedded_dir=None,
-        limit=2,
-        batch_size="auto",  # becomes 1 on the CPU
-        work_dir=tmp_path,
-    )
+    tasks = ["qh_arc_easy", "qh_lambada"]
+    scores = score(model, tokenizer, tasks, data_dir, tmp_path, batch_size="auto")  # 1 on a CPU
     assert model.training, "evaluation must hand the model back in train mode"
-    assert set(scores) == {"qh_arc_easy", "qh_lambada"}
+    assert set(scores) == set(tasks)
     assert scores["qh_lambada"]["perplexity"]["value"] > 1
 
 
@@ -233,16 +212,7 @@ def test_embedded_task_is_checked_once_its_file_exists(data_dir, lm, tmp_path):
         check_tasks(["qh_embedded"], data_dir=data_dir, embedded_dir=tmp_path)
     model, tokenizer = lm
     with pytest.raises(ConfigError, match="embedded_dir"):
-        evaluate_lm(
-            model,
-            tokenizer,
-            ["qh_embedded"],
-            data_dir=data_dir,
-            embedded_dir=None,
-            limit=1,
-            batch_size=1,
-            work_dir=tmp_path,
-        )
+        score(model, tokenizer, ["qh_embedded"], data_dir, tmp_path)
 
 
 ARC_ROW = '{"query": "Q", "choices": ["a"], "gold": 0}\n'
@@ -343,13 +313,4 @@ def test_bad_batch_size_and_limit_are_config_errors(lm, data_dir, tmp_path):
     with pytest.raises(ConfigError, match="eval.batch_size"):
         resolve_batch_size(0, model)
     with pytest.raises(ConfigError, match="eval.limit"):
-        evaluate_lm(
-            model,
-            tokenizer,
-            ["qh_arc_easy"],
-            data_dir=data_dir,
-            embedded_dir=None,
-            limit=2.5,
-            batch_size=1,
-            work_dir=tmp_path,
-        )
+        score(model, tokenizer, ["qh_arc_easy"], data_dir, tmp_path, limit=2.5)

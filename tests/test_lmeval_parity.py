@@ -91,10 +91,11 @@ def _greedy_answer(model, tokenizer, question: str) -> str:
 
 def _chat_prompt(tokenizer, question: str, *, tokenize: bool = False):
     messages = [{"role": "user", "content": question}]
-    out = tokenizer.apply_chat_template(
-        messages, tokenize=tokenize, add_generation_prompt=True, return_tensors="pt"
-    )
-    return out["input_ids"] if tokenize and not isinstance(out, torch.Tensor) else out
+    if not tokenize:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"]
 
 
 @pytest.fixture(scope="module")
