@@ -6,6 +6,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue, ValidationError
 
@@ -34,12 +35,21 @@ def main(dcfg: DictConfig) -> float | None:
         overrides, choices, out_dir = job_context()
         if dcfg.get("out_dir"):
             out_dir = Path(dcfg.out_dir)
-        rec = run_trial(cfg, out_dir, overrides=overrides, choices=choices)
+        rec = run_trial(cfg, out_dir, overrides=overrides, choices=choices, pool=_sweep_pool())
     except (ConfigError, MissingMandatoryValue, ValidationError) as e:
         print(f"error: {_config_message(e)}", file=sys.stderr)
         sys.exit(2)
     _summary(rec, out_dir)
     return rec.get("score")
+
+
+def _sweep_pool():
+    """In a multirun, the jobs of this process share one quantized base (adapter swap)."""
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    from harness.sweep import process_pool
+
+    return process_pool()
 
 
 def _config_message(e: Exception) -> str:

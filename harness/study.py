@@ -1,0 +1,277 @@
+"""Optuna studies over the one trial routine: durable, resumable, shared by several workers.
+
+    python -m harness.study sweeps/tpe.yaml                       # run, or resume, the study
+    python -m harness.study sweeps/tpe.yaml model=qwen2.5-1.5b train.device=cuda --n-trials 64
+    python -m harness.study sweeps/rank.yaml --isolate            # a fresh process per trial
+    python -m harness.study sweeps/tpe.yaml --storage postgresql://user@db-host/optuna  # hosts
+
+Rerunning the same command resumes: finished trials are kept, a trial whose worker died is failed
+once its heartbeat is `grace` s old and run again, and n_trials is the study's total. Several
+workers (one per GPU: CUDA_VISIBLE_DEVICES=i, or one per host) share a study through its storage.
+Exit codes: 0 done, 2 bad settings, 3 stopped by the failure-rate limit, 130 interrupted.
+"""
+
+import argparse
+import logging
+import os
+import socket
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+import torch
+from omegaconf.errors import OmegaConfBaseException
+from optuna.trial import TrialState
+
+from harness.errors import ConfigError
+from harness.study_report import summarize
+from harness.study_run import compose_trial, record_attrs, run_in_process, run_isolated
+from harness.study_spec import (
+    StudySpec,
+    load_spec,
+    make_pruner,
+    make_sampler,
+    objective_values,
+    suggest_overrides,
+)
+from harness.study_store import Heartbeat, default_storage, open_storage, progress, study_lock
+from harness.sweep import process_pool
+
+log = logging.getLogger("harness.study")
+# Heartbeats, stale-trial retries and fail_stale_trials are "experimental" since Optuna 2.8 and
+# stable in use; the driver beats itself (Heartbeat), which is what the ask/tell warning is about.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with")
+STATUS_OF = {TrialState.COMPLETE: "success", TrialState.PRUNED: "pruned"}
+
+
+class Driver:
+    """One worker of one study: ask under the study lock, run, tell; until n_trials results."""
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        spec_path: Path,
+        base: list[str],
+        *,
+        out_root: Path,
+        isolate: bool,
+        report: bool,
+    ) -> None:
+        self.spec, self.spec_path, self.base = spec, spec_path, base
+        self.isolate, self.report = isolate, report
+        self.study_dir = out_root / spec.name
+        self.url = spec.storage or default_storage(spec.name, out_root)
+        hb = {"interval": 60, "grace": 180, "max_retry": 2, **spec.heartbeat}
+        self.storage = open_storage(self.url, **hb)
+        self.pool = None if isolate else process_pool()
+        with study_lock(self.url, spec.name):  # first workers race to create the tables/study
+            self.study = optuna.create_study(
+                storage=self.storage,
+                study_name=spec.name,
+                directions=spec.directions,
+                sampler=make_sampler(spec),
+                pruner=make_pruner(spec),
+                load_if_exists=True,
+            )
+        wanted = [optuna.study.StudyDirection[d.upper()] for d in spec.directions]
+        if self.study.directions != wanted:
+            raise ConfigError(
+                "objectives",
+                spec.directions,
+                f"study {spec.name!r} in {self.url} "
+                f"has {[d.name.lower() for d in self.study.directions]}",
+            )
+        self.first_number = len(self.study.get_trials(deepcopy=False))
+
+    def run(self) -> int:
+        n = self.spec.n_trials
+        log.info("study %r in %s: %d trials in all", self.spec.name, self.url, n)
+        waiting = False
+        while True:
+            with study_lock(self.url, self.spec.name):
+                optuna.storages.fail_stale_trials(self.study)
+                prog = progress(self.study)
+                nxt = self._ask() if prog.taken < n else None
+            if nxt is None:
+                if len(prog.results) >= n or not prog.running:
+                    break
+                if not waiting:  # a trial of another worker, or of a killed run not yet stale
+                    log.info(
+                        "waiting for running trials %s to finish or go stale",
+                        [t.number for t in prog.running],
+                    )
+                waiting = True
+                time.sleep(min(self.storage.get_heartbeat_interval() or 10, 10))
+                continue
+            waiting = False
+            self._run(*nxt)
+            why = self.spec.limit.check(self._statuses())
+            if why:
+                summarize(self.study, self.spec, self.study_dir, report=False)
+                print(
+                    f"study {self.spec.name!r} stopped by the failure-rate limit: {why}. "
+                    f"Look at the trials' error.txt under {self.study_dir}, fix the cause, "
+                    "and rerun the same command to resume.",
+                    file=sys.stderr,
+                )
+                return 3
+        summarize(self.study, self.spec, self.study_dir, report=self.report)
+        return 0
+
+    def _ask(self) -> tuple[optuna.Trial, list[str], Path]:
+        """Create (or pop a queued retry of) a trial and draw all its params, under the lock."""
+        trial = self.study.ask()
+        overrides = [*self.base, *suggest_overrides(trial, self.spec)]
+        self.storage.record_heartbeat(trial._trial_id)  # stale detection needs one beat
+        out_dir = self.study_dir / f"trial_{trial.number}"
+        if (out_dir / "record.json").exists():  # left by an older study of the same name
+            out_dir = out_dir.with_name(f"{out_dir.name}_{os.urandom(3).hex()}")
+        trial.set_user_attr("record_dir", str(out_dir.resolve()))
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        retried = self.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+        log.info(
+            "trial %d%s: %s",
+            trial.number,
+            f" (retry of {retried})" if retried is not None else "",
+            " ".join(overrides[len(self.base) :]),
+        )
+        return trial, overrides, out_dir
+
+    def _run(self, trial: optuna.Trial, overrides: list[str], out_dir: Path) -> None:
+        with Heartbeat(self.storage, trial._trial_id):
+            if self.isolate:
+                rec = run_isolated(
+                    spec_path=self.spec_path,
+                    study=self.spec.name,
+                    storage=self.url,
+                    trial_id=trial._trial_id,
+                    overrides=overrides,
+                    out_dir=out_dir,
+                )
+            else:
+                rec = run_in_process(trial, self.spec, overrides, out_dir, self.pool)
+            self._tell(trial, rec, out_dir)
+
+    def _tell(self, trial: optuna.Trial, rec: dict, out_dir: Path) -> None:
+        """Failures are results: oom / failed trials end FAIL *with* a status attr (so they count
+        toward n_trials and are never rerun); the samplers leave FAIL trials out of their model."""
+        for key, value in record_attrs(rec, out_dir).items():
+            trial.set_user_attr(key, value)
+        if self.spec.constraints:
+            cons = [c.value(rec) for c in self.spec.constraints]
+            trial.set_user_attr("constraints", [0.0 if c is None else c for c in cons])
+        values = objective_values(self.spec, rec)
+        status = rec.get("status")
+        if status == "pruned":
+            self.study.tell(trial, state=TrialState.PRUNED)
+        elif status == "success" and values is not None:
+            self.study.tell(trial, values)
+        else:
+            if status == "success":
+                trial.set_user_attr(
+                    "error",
+                    "an objective is missing or not finite in the "
+                    f"record: {[o.metric for o in self.spec.objectives]}",
+                )
+            self.study.tell(trial, state=TrialState.FAIL)
+        log.info(
+            "trial %d: %s%s",
+            trial.number,
+            status,
+            f" {values}" if values and status == "success" else f" ({rec.get('error')})",
+        )
+
+    def _statuses(self) -> list[str]:
+        """Statuses of the results this run has seen finish (any worker), in trial order."""
+        res = progress(self.study).results
+        return [
+            t.user_attrs.get("status") or STATUS_OF.get(t.state, "failed")
+            for t in res
+            if t.number >= self.first_number
+        ]
+
+
+def check_study(spec: StudySpec, base: list[str]) -> None:
+    """Compose the base config with the first value of every searched key: a typo in a key, a
+    missing eval_every_steps for the pruner or an unmeasurable objective fails now, not later."""
+    first = {
+        k: (v[0] if isinstance(v, list) else v.get("choices", [v.get("low")])[0])
+        for k, v in spec.space.items()
+    }
+    from harness.study_spec import hydra_value
+
+    cfg, _ = compose_trial([*base, *(f"{k}={hydra_value(v)}" for k, v in first.items())])
+    if spec.pruned and cfg.train.eval_every_steps <= 0:
+        raise ConfigError(
+            "train.eval_every_steps",
+            0,
+            "> 0 for the pruner: it prunes on the held-out loss reported every eval_every_steps",
+        )
+    cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
+    vram = [o.metric for o in spec.objectives if o.metric.startswith("peak_vram")]
+    if vram and not cuda:
+        raise ConfigError(
+            "objectives.metric",
+            vram[0],
+            "VRAM is measured on CUDA only; use peak_rss_gib on the CPU",
+        )
+    random = cfg.model.source == "random"
+    if random and any(o.metric == "score" for o in spec.objectives):
+        raise ConfigError(
+            "objectives.metric",
+            "score",
+            "random-weight models have no score; use loss.eval (minimize)",
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m harness.study",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("spec", type=Path, help="sweeps/<name>.yaml")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides for every trial")
+    p.add_argument("--storage", help="SQLAlchemy URL (default sqlite:///<out-root>/<name>.db)")
+    p.add_argument("--n-trials", type=int, help="the study's total (default: the file's)")
+    p.add_argument("--name", help="study name (default: the file's)")
+    p.add_argument("--isolate", action="store_true", help="one process per trial (no reuse)")
+    p.add_argument("--out-root", type=Path, default=Path("outputs/studies"))
+    p.add_argument("--heartbeat", type=int, help="heartbeat interval, s (default 60)")
+    p.add_argument("--grace", type=int, help="a trial silent this long (s) is failed (180)")
+    p.add_argument("--no-report", action="store_true", help="summary CSV only, no report")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
+    try:
+        spec = load_spec(args.spec, n_trials=args.n_trials, storage=args.storage, name=args.name)
+        beat = {"interval": args.heartbeat, "grace": args.grace}
+        spec.heartbeat.update({k: v for k, v in beat.items() if v is not None})
+        base = [*spec.overrides, *args.overrides]
+        check_study(spec, base)
+        driver = Driver(
+            spec,
+            args.spec,
+            base,
+            out_root=args.out_root,
+            isolate=args.isolate,
+            report=not args.no_report,
+        )
+    except (ConfigError, OmegaConfBaseException) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        return driver.run()
+    except KeyboardInterrupt:
+        print(
+            "interrupted: the running trial is failed and run again when the study resumes "
+            f"(after its {driver.storage.grace_period} s grace period)",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""The durable study: RDB storage (SQLite by default, any SQLAlchemy URL), the lock that lets
+several workers share it without overshooting n_trials, heartbeats and what happens to the trials
+of a worker that died (kill -9, power loss, preemption).
+
+A trial counts toward n_trials once it is a *result*: COMPLETE, PRUNED, or FAIL with a `status`
+user attr (oom / failed: the trial ran and its record says what happened). A FAIL without one is a
+trial whose worker died mid-way: it does not count, and a copy of it is queued (WAITING) and run
+again, up to `max_retry` times; after that the copy is recorded as a failed result.
+"""
+
+import contextlib
+import fcntl
+import functools
+import logging
+import sqlite3
+import threading
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+log = logging.getLogger(__name__)
+
+
+def default_storage(name: str, root: Path) -> str:
+    """``sqlite:///<root>/<name>.db`` (absolute: the same study whatever the cwd of a rerun)."""
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(root / f'{name}.db').resolve()}"
+
+
+def open_storage(url: str, *, interval: int, grace: int, max_retry: int) -> RDBStorage:
+    """RDBStorage with heartbeats: a RUNNING trial silent for `grace` s is failed and retried."""
+    backend = sqlalchemy.engine.make_url(url).get_backend_name()
+    engine_kwargs: dict = {"pool_pre_ping": True}
+    if backend == "sqlite":
+        _sqlite_wal(url)
+        # Workers, their heartbeat threads and isolated trial processes write to one file:
+        # wait for the write lock (seconds at most) instead of failing at sqlite's 5 s default.
+        engine_kwargs = {"connect_args": {"timeout": 120}}
+    return RDBStorage(
+        url,
+        engine_kwargs=engine_kwargs,
+        heartbeat_interval=interval,
+        grace_period=grace,
+        heartbeat_stale_trial_callback=StaleTrialHandler(max_retry),
+    )
+
+
+def _sqlite_wal(url: str) -> None:
+    """WAL journal: readers (the dashboard, other workers) no longer block the writer."""
+    path = sqlalchemy.engine.make_url(url).database
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.closing(sqlite3.connect(path, timeout=120)) as con:
+            con.execute("PRAGMA journal_mode=WAL")
+
+
+@contextlib.contextmanager
+def study_lock(url: str, name: str) -> Iterator[None]:
+    """Serialize "count the trials, then ask for one" across every worker of a study, so n_trials
+    is never overshot and a grid point never drawn twice. SQLite: a lock file beside the DB
+    (flock; one host, like SQLite itself). PostgreSQL: a session advisory lock. Both are freed
+    by the OS or the server when a holder dies."""
+    u = sqlalchemy.engine.make_url(url)
+    backend = u.get_backend_name()
+    if backend == "sqlite" and u.database not in (None, "", ":memory:"):
+        with open(f"{u.database}.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+    elif backend == "postgresql":
+        key = zlib.crc32(f"qlora-harness/{name}".encode()) & 0x7FFFFFFF
+        with _lock_engine(url).connect() as con:
+            con.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                con.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                con.commit()
+    else:
+        _warn_no_lock(backend)
+        yield
+
+
+@functools.cache
+def _lock_engine(url: str) -> sqlalchemy.Engine:
+    return sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+
+
+@functools.cache
+def _warn_no_lock(backend: str) -> None:
+    log.warning(
+        "no cross-worker lock for %s storage: several workers may overshoot n_trials by "
+        "up to one trial each",
+        backend,
+    )
+
+
+class StaleTrialHandler:
+    """Called by Optuna for a RUNNING trial whose heartbeat stopped: queue a copy of it (same
+    params) up to `max_retry` times; then record the copy as a failed result, so a grid point
+    that kills its worker every time is reported, not retried forever."""
+
+    def __init__(self, max_retry: int) -> None:
+        self.max_retry = max_retry
+        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        tries = len(trial.system_attrs.get("retry_history", [])) + 1
+        if tries <= self.max_retry:
+            log.warning(
+                "trial %d lost its worker (no heartbeat); queued again (%d/%d)",
+                trial.number,
+                tries,
+                self.max_retry,
+            )
+            self.retry(study, trial)
+            return
+        log.error("trial %d lost its worker %d times; recorded as failed", trial.number, tries)
+        attrs = {k: v for k, v in trial.user_attrs.items() if k != "record_dir"}
+        attrs.update(
+            status="failed",
+            error=f"the worker died {tries} times during this trial "
+            "(killed, preempted or crashed); see its trial dirs",
+        )
+        study.add_trial(
+            optuna.create_trial(
+                state=TrialState.FAIL,
+                params=trial.params,
+                distributions=trial.distributions,
+                user_attrs=attrs,
+                system_attrs={**trial.system_attrs, "failed_trial": trial.number},
+            )
+        )
+
+
+def is_result(trial: FrozenTrial) -> bool:
+    """Does this trial count toward n_trials (see the module docstring)?"""
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return trial.state == TrialState.FAIL and "status" in trial.user_attrs
+
+
+@dataclass
+class Progress:
+    results: list[FrozenTrial] = field(default_factory=list)  # in trial-number order
+    running: list[FrozenTrial] = field(default_factory=list)
+
+    @property
+    def taken(self) -> int:
+        """Slots of n_trials finished or being worked on."""
+        return len(self.results) + len(self.running)
+
+
+def progress(study: optuna.Study) -> Progress:
+    trials = study.get_trials(deepcopy=False)
+    return Progress(
+        results=[t for t in trials if is_result(t)],
+        running=[t for t in trials if t.state == TrialState.RUNNING],
+    )
+
+
+class Heartbeat:
+    """Beat for one trial every `interval` s while the block runs (Optuna does this itself only
+    inside `study.optimize`; the driver uses ask/tell)."""
+
+    def __init__(self, storage: RDBStorage, trial_id: int) -> None:
+        self.storage, self.trial_id = storage, trial_id
+        self.interval = storage.get_heartbeat_interval() or 60
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception as e:  # noqa: BLE001 - a missed beat is retried; grace covers it
+                log.warning("heartbeat of trial id %d failed: %s", self.trial_id, e)
+            self._stop.wait(self.interval)
