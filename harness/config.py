@@ -32,7 +32,11 @@ ON_UNSUPPORTED = ("fail", "fallback")
 DATA_SOURCES = ("embedded", "alpaca", "hub")
 PROMPT_FORMATS = ("auto", "chat", "alpaca")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
-CHECKPOINTING = ("none", "full")
+CHECKPOINTING = ("none", "full", "selective", "offload")
+KERNELS = ("none", "liger")
+LORA_KERNELS = ("peft", "fused")
+FROZEN_DTYPES = ("fp32", "bf16")
+PACKING_STRATEGIES = ("bfd", "wrapped")
 DEVICES = ("auto", "cpu", "cuda")
 FAULTS = ("none", "oom", "nan")
 
@@ -122,12 +126,12 @@ class OptimConfig:
     name: str = "paged_adamw_8bit"
     weight_decay: float = 0.0
     on_unsupported: str = "fallback"  # fail | fallback: what to do if the device can't run it
-    fallback: str = "adamw_torch"
+    fallback: str = "auto"  # auto: the unpaged twin of a paged optimizer, else adamw_torch
 
     def __post_init__(self) -> None:
         _one_of("optim.name", self.name, OPTIMIZERS)
         _one_of("optim.on_unsupported", self.on_unsupported, ON_UNSUPPORTED)
-        _one_of("optim.fallback", self.fallback, OPTIMIZERS)
+        _one_of("optim.fallback", self.fallback, ("auto", *OPTIMIZERS))
         if self.weight_decay < 0:
             raise ConfigError("optim.weight_decay", self.weight_decay, "must be >= 0")
 
@@ -146,6 +150,7 @@ class DataConfig:
     prompt_format: str = "auto"  # auto: the model's chat template if it has one, else Alpaca
     max_seq_len: int = 256
     packing: bool = False
+    packing_strategy: str = "bfd"  # bfd: whole examples, padding-free | wrapped: fixed-length rows
     seed: int = 0  # shuffling and held-out split
 
     def __post_init__(self) -> None:
@@ -154,6 +159,7 @@ class DataConfig:
         if self.source in ("alpaca", "hub") and not self.path:
             raise ConfigError("data.path", self.path, f"required when data.source={self.source}")
         _positive("data.max_seq_len", self.max_seq_len)
+        _one_of("data.packing_strategy", self.packing_strategy, PACKING_STRATEGIES)
         _positive("data.num_heldout", self.num_heldout)
         _positive("data.num_train", self.num_train)
         if self.max_examples is not None:
@@ -172,7 +178,11 @@ class TrainConfig:
     warmup_steps: int = 4
     scheduler: str = "linear"
     max_grad_norm: float = 0.3  # QLoRA paper value
-    checkpointing: str = "full"  # none | full: recompute activations in backward (less memory)
+    checkpointing: str = "full"  # none | full | selective | offload (harness/levers.py)
+    checkpoint_fraction: float = 0.5  # selective: share of decoder layers recomputed
+    kernels: str = "none"  # none | liger: Triton RMSNorm + SwiGLU (CUDA)
+    lora_kernel: str = "peft"  # peft | fused: one autograd op for the LoRA branch
+    frozen_dtype: str = "fp32"  # fp32 (peft's upcast) | bf16: embeddings, norms, head
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     timing_warmup_steps: int = 2  # steps excluded from throughput (allocator, autotune, caches)
@@ -200,6 +210,11 @@ class TrainConfig:
         _one_of("train.scheduler", self.scheduler, SCHEDULERS)
         _positive("train.max_grad_norm", self.max_grad_norm)
         _one_of("train.checkpointing", self.checkpointing, CHECKPOINTING)
+        if not 0 < self.checkpoint_fraction <= 1:
+            raise ConfigError("train.checkpoint_fraction", self.checkpoint_fraction, "in (0, 1]")
+        _one_of("train.kernels", self.kernels, KERNELS)
+        _one_of("train.lora_kernel", self.lora_kernel, LORA_KERNELS)
+        _one_of("train.frozen_dtype", self.frozen_dtype, FROZEN_DTYPES)
         _one_of("train.device", self.device, DEVICES)
         _one_of("train.inject_fault", self.inject_fault, FAULTS)
         if self.timing_warmup_steps < 0:

@@ -29,6 +29,7 @@ class PhaseMemory:
         self.kind = "cuda" if device.startswith("cuda") else "cpu_rss"
         self.phases: dict[str, dict[str, float]] = {}
         self.current: str | None = None
+        self.failed_phase: str | None = None
         self._rss_peak = 0
         self._stop = threading.Event()
 
@@ -39,6 +40,9 @@ class PhaseMemory:
         sampler = self._start()
         try:
             yield
+        except BaseException:
+            self.failed_phase = name  # the phase an OOM (or any error) escaped from
+            raise
         finally:
             self.phases[name] = self._read(sampler)
             self.current = None

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from harness import data as data_mod
-from harness import models
+from harness import levers, models
 from harness.config import QuantConfig, TrialConfig
 from harness.errors import ConfigError
 from harness.paths import cache_dir, shared_data_dir
@@ -72,11 +72,12 @@ def preflight(cfg: TrialConfig) -> Plan:
     hf_config = models.model_hf_config(cfg.model)
     targets = models.resolve_targets(cfg.lora, models.linear_module_names(hf_config))
     check_quant(cfg.quant, device)
+    levers.check(cfg.train, device)
     optimizer = choose_optimizer(cfg.optim, device)
     train_examples, heldout_examples = data_mod.load_examples(cfg.data)
     data_dir = Path(cfg.eval.data_dir) if cfg.eval.data_dir else shared_data_dir()
     if cfg.eval.tasks and cfg.model.source != "random":
-        from harness.lmeval import check_tasks
+        from harness.lmeval_tasks import check_tasks
 
         check_tasks(cfg.eval.tasks, data_dir=data_dir, embedded_dir=None)
     return Plan(device, targets, optimizer, hf_config, train_examples, heldout_examples, data_dir)

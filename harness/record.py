@@ -11,6 +11,7 @@ Schema (``schema_version`` 1). Every measurement carries its unit in its name.
     config              the resolved, validated config {model, quant, lora, optim, data, train,
                         eval}
     overrides           the Hydra overrides of this job, e.g. ["lora.r=16", "quant=fp4"]
+    choices             the Hydra group choices, e.g. {"model": "smollm2-135m", "quant": "nf4"}
     model               {name, source, random_weights, architecture, hidden_size, num_layers,
                          intermediate_size, vocab_size, num_heads, num_kv_heads}
     params              {total, trainable, trainable_pct}
@@ -29,6 +30,8 @@ Schema (``schema_version`` 1). Every measurement carries its unit in its name.
                          higher_is_better}}}     (empty for random-weight models)
     score               the headline quality number (primary lm-eval metric "after", else
                         -eval loss), null when not measured
+    peak_rss_gib        highest process RSS over the phases (CPU trials)
+    oom                 {phase, peak_allocated_gib, peak_reserved_gib}  (status "oom" only)
     timings_s           {load, train, eval, total}
     env                 {python, torch, transformers, peft, bitsandbytes, trl, lm_eval,
                          git_commit, git_dirty, hostname}

@@ -35,6 +35,10 @@ def optimizer_probe(name: str, device: str) -> str | None:
     """Run one step of the optimizer on a tiny tensor on `device`; None if it works, else why."""
     import bitsandbytes as bnb
 
+    if name.startswith("paged") and not device.startswith("cuda"):
+        # bitsandbytes would run it unpaged: paging moves optimizer state between GPU and host
+        # memory, so on the CPU the name would misreport what ran.
+        return "paged optimizers page state out of GPU memory; they need CUDA"
     ctor = {
         "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
         "paged_adamw_32bit": bnb.optim.PagedAdamW32bit,
@@ -63,9 +67,12 @@ def choose_optimizer(ocfg: OptimConfig, device: str) -> dict[str, str | None]:
         return {"requested": ocfg.name, "used": ocfg.name, "fallback_reason": None}
     if ocfg.on_unsupported == "fail":
         raise ConfigError("optim.name", ocfg.name, f"cannot run on {device} ({why})")
-    if optimizer_probe(ocfg.fallback, device) is not None:
-        raise ConfigError("optim.fallback", ocfg.fallback, f"cannot run on {device} either")
-    return {"requested": ocfg.name, "used": ocfg.fallback, "fallback_reason": f"{device}: {why}"}
+    fallback = ocfg.fallback
+    if fallback == "auto":
+        fallback = {"paged_adamw_8bit": "adamw_8bit"}.get(ocfg.name, "adamw_torch")
+    if optimizer_probe(fallback, device) is not None:
+        raise ConfigError("optim.fallback", fallback, f"cannot run on {device} either")
+    return {"requested": ocfg.name, "used": fallback, "fallback_reason": f"{device}: {why}"}
 
 
 class CountingCollator:
@@ -160,6 +167,7 @@ def _now() -> float:
 def build_trainer(
     model, tokenizer, train_rows, eval_rows, tcfg: TrainConfig, *, optim_used: str,
     weight_decay: float, max_seq_len: int, packing: bool, device: str, bf16: bool, fp16: bool,
+    packing_strategy: str = "bfd",
     out_dir: Path,
     on_eval: Callable[[int, float], bool] | None = None,
 ):  # fmt: skip
@@ -182,6 +190,7 @@ def build_trainer(
         optim=HF_OPTIM[optim_used],
         weight_decay=weight_decay,
         logging_steps=tcfg.logging_steps,
+        logging_nan_inf_filter=False,  # a NaN must reach the log (and stop the trial), not be hidden
         eval_strategy="steps" if tcfg.eval_every_steps else "no",
         eval_steps=tcfg.eval_every_steps or None,
         save_strategy="no",
@@ -195,6 +204,10 @@ def build_trainer(
         gradient_checkpointing=False,
         max_length=max_seq_len,
         packing=packing,
+        packing_strategy=packing_strategy,
+        # train.checkpointing=offload: TRL parks the tensors autograd saves (with checkpointing,
+        # each layer's input) in pinned host memory, copying on a side stream
+        activation_offloading=tcfg.checkpointing == "offload",
         completion_only_loss=True,
         dataloader_num_workers=0,
         disable_tqdm=True,

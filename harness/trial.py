@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from harness import data as data_mod
-from harness import models, preflight_checks
+from harness import flops, levers, models, preflight_checks
 from harness.config import TrialConfig
 from harness.measure import PhaseMemory, Stopwatch, device_info, environment, throughput
 from harness.record import SCHEMA_VERSION, write_record
@@ -52,7 +52,10 @@ def run_trial(
         _pipeline(cfg, plan, rec, mem, clock, out_dir, on_eval, pool)
         rec["status"] = "success"
     except torch.OutOfMemoryError as e:
-        rec.update(status="oom", error=_one_line(e), oom={"phase": mem.current, **mem.snapshot()})
+        phase = mem.failed_phase
+        rec.update(
+            status="oom", error=_one_line(e), oom={"phase": phase, **mem.phases.get(phase, {})}
+        )
     except Pruned as e:
         rec.update(status="pruned", error=str(e))
     except NonFiniteLoss as e:
@@ -84,8 +87,10 @@ def _pipeline(cfg, plan, rec, mem, clock, out_dir, on_eval, pool) -> None:
         base = base or models.load_base(weights, cfg.quant, device=plan.device)
         model = models.attach_adapter(
             base, cfg.lora, cfg.quant, targets=plan.targets,
-            checkpointing=cfg.train.checkpointing == "full",
+            checkpointing=cfg.train.checkpointing != "none",
         )  # fmt: skip
+        dtype = models.DTYPES[cfg.quant.compute_dtype]
+        rec["levers"] = levers.apply(model, cfg.train, compute_dtype=dtype)
     rec["model"] = models.shape_summary(cfg.model, plan.hf_config, random_weights=random_weights)
     rec["params"] = models.count_params(model)
     # 2. data: tokenize with loss on responses only
@@ -95,7 +100,8 @@ def _pipeline(cfg, plan, rec, mem, clock, out_dir, on_eval, pool) -> None:
     trainer, meter = build_trainer(
         model, tokenizer, train_rows, eval_rows, cfg.train, optim_used=plan.optimizer["used"],
         weight_decay=cfg.optim.weight_decay, max_seq_len=cfg.data.max_seq_len,
-        packing=cfg.data.packing, device=plan.device, out_dir=out_dir / "trainer",
+        packing=cfg.data.packing, packing_strategy=cfg.data.packing_strategy,
+        device=plan.device, out_dir=out_dir / "trainer",
         bf16=cfg.quant.compute_dtype == "bf16" and plan.device != "cpu",
         fp16=cfg.quant.compute_dtype == "fp16" and plan.device != "cpu", on_eval=on_eval,
     )  # fmt: skip
@@ -107,6 +113,7 @@ def _pipeline(cfg, plan, rec, mem, clock, out_dir, on_eval, pool) -> None:
             meter.step_times_s, meter.loss_tokens, meter.padded_tokens, meter.samples,
             warmup=cfg.train.timing_warmup_steps,
         )  # fmt: skip
+        _add_mfu(rec, plan.hf_config)
         curve = meter.loss_curve
         rec["loss"] = {"curve": curve, "final_train": curve[-1]["loss"] if curve else None,
                        "eval_curve": meter.eval_curve}  # fmt: skip
@@ -117,6 +124,8 @@ def _pipeline(cfg, plan, rec, mem, clock, out_dir, on_eval, pool) -> None:
     # 4. evaluate: held-out loss, then lm-eval after (adapter on) and before (adapter off, cached)
     with mem.phase("eval"), clock("eval"):
         eval_loss = trainer.evaluate()["eval_loss"]
+        if not math.isfinite(eval_loss):
+            raise NonFiniteLoss(f"non-finite held-out loss {eval_loss}")
         rec["loss"].update(eval=eval_loss, eval_perplexity=math.exp(min(eval_loss, 50)))
         if not random_weights:
             rec["lm_eval"] = preflight_checks.run_lm_eval(
@@ -135,6 +144,17 @@ def _pipeline(cfg, plan, rec, mem, clock, out_dir, on_eval, pool) -> None:
         rec["artifacts"]["merged_dir"] = "merged"
     if pool:
         pool.put(cfg.model, cfg.quant, plan.device, models.detach_adapter(model))
+
+
+def _add_mfu(rec: dict, hf_config) -> None:
+    tp, lev = rec["throughput"], rec.get("levers") or {}
+    if not tp.get("timed_steps") or rec["device"]["type"] != "cuda":
+        return
+    tp.update(flops.utilization(
+        hf_config, tp["padded_tokens_per_s"], seq_len=tp["padded_tokens_per_s"] / tp["samples_per_s"],
+        lora_params=rec["params"]["trainable"],
+        recompute_fraction=lev.get("checkpointed_layers", 0) / max(lev.get("num_layers", 1), 1),
+    ))  # fmt: skip
 
 
 def _generations(model, tokenizer, plan, cfg) -> list[dict]:
