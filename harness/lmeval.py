@@ -98,6 +98,7 @@ def evaluate_lm(
     lm = HFLM(
         pretrained=model, tokenizer=tokenizer, batch_size=resolve_batch_size(batch_size, model)
     )
+    rng = _rng_state()
     try:
         results = lm_eval.simple_evaluate(
             model=lm,
@@ -113,6 +114,7 @@ def evaluate_lm(
         )
     finally:
         model.train(was_training)
+        _restore_rng_state(rng)  # lm-eval reseeds the global RNGs; the trial's stream goes on
     _write_json_atomic(work_dir / "lm_eval_results.json", results)
     return scores_from_results(results)
 
@@ -214,6 +216,30 @@ def merge_before_after(before: Scores, after: Scores) -> Scores:
                 "higher_is_better": a.get("higher_is_better", b.get("higher_is_better", True)),
             }
     return merged
+
+
+def _rng_state() -> tuple[Any, ...]:
+    import random
+
+    import numpy as np
+    import torch
+
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    return random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda
+
+
+def _restore_rng_state(state: tuple[Any, ...]) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    py, np_state, cpu, cuda = state
+    random.setstate(py)
+    np.random.set_state(np_state)
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def _reads_embedded_dir(task: str) -> bool:

@@ -154,7 +154,8 @@ def test_embedded_exact_match_ignores_surrounding_whitespace(lm, data_dir, tmp_p
 
 
 def test_quantized_peft_model_in_train_mode_scores_in_memory(data_dir, tokenizer, tmp_path):
-    """The trial's own case: a 4-bit base with a LoRA adapter, mid-training, scored as is."""
+    """The trial's own case: a 4-bit base with a LoRA adapter, mid-training, scored as is; the
+    model's mode and the global RNG come back as they were."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -166,9 +167,13 @@ def test_quantized_peft_model_in_train_mode_scores_in_memory(data_dir, tokenizer
     )
     model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     model.train()
+    torch.manual_seed(123)
+    expected_draw = torch.rand(1)
+    torch.manual_seed(123)
     tasks = ["qh_arc_easy", "qh_lambada"]
     scores = score(model, tokenizer, tasks, data_dir, tmp_path, batch_size="auto")  # 1 on a CPU
     assert model.training, "evaluation must hand the model back in train mode"
+    assert torch.rand(1) == expected_draw, "lm-eval's reseeding must not leak into the trial"
     assert set(scores) == set(tasks)
     assert scores["qh_lambada"]["perplexity"]["value"] > 1
 
