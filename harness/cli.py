@@ -30,6 +30,7 @@ def main(dcfg: DictConfig) -> float | None:
     """Run one trial; in a multirun every job lands here."""
     from harness.trial import run_trial
 
+    quiet_libraries()
     try:
         cfg = to_trial_config(dcfg)
         overrides, choices, out_dir = job_context()
@@ -50,6 +51,13 @@ def _sweep_pool():
     from harness.sweep import process_pool
 
     return process_pool()
+
+
+def quiet_libraries() -> None:
+    """One progress bar per dataset map is noise next to the trial's own log."""
+    import datasets
+
+    datasets.disable_progress_bars()
 
 
 def _config_message(e: Exception) -> str:
