@@ -11,6 +11,7 @@ reserved figure; pick's safety margin covers it.
 from dataclasses import replace
 from typing import Any
 
+from harness.memory_anchors import LLAMA3_8B, PRIOR_ANCHORS, Point
 from harness.memory_fit import Calibration, fit_terms, split_holdout, summarise_errors
 from harness.memory_terms import (
     GIB,
@@ -18,10 +19,20 @@ from harness.memory_terms import (
     Shape,
     activation_bytes,
     logits_bytes,
+    off_peak_bytes,
     static_bytes,
 )
 
-__all__ = ["Calibration", "Setting", "Shape", "calibrate", "error_report", "predict_peak_gib"]
+__all__ = [
+    "LLAMA3_8B",
+    "PRIOR_ANCHORS",
+    "Calibration",
+    "Setting",
+    "Shape",
+    "calibrate",
+    "error_report",
+    "predict_peak_gib",
+]
 
 
 def predict_peak_gib(
@@ -36,7 +47,8 @@ def predict_peak_gib(
 
     Returns:
         {weights, quant_constants, lora_params, grads, optimizer_states, activations, logits,
-        overhead, total}; activations and logits already include the calibration factors.
+        overhead, total, not_counted}; activations and logits include the calibration factors;
+        ``not_counted`` (LoRA grads, paged optimizer states) is shown but outside ``total``.
     """
     calib = calib or prior_calibration()
     out = {k: v / GIB for k, v in static_bytes(shape, setting).items()}
@@ -44,6 +56,7 @@ def predict_peak_gib(
     out["logits"] = calib.logits_factor * logits_bytes(shape, setting) / GIB
     out["overhead"] = calib.overhead_gib
     out["total"] = sum(out.values())
+    out["not_counted"] = off_peak_bytes(shape, setting) / GIB  # informational, not in total
     return out
 
 
@@ -66,7 +79,10 @@ def shape_from_record(model: dict[str, Any]) -> Shape | None:
 
 
 def setting_from_config(cfg: dict[str, Any]) -> Setting:
-    """Setting from a record's resolved ``config`` (nested by group); missing keys keep defaults."""
+    """Setting from a record's resolved ``config`` (nested by group); missing keys keep defaults.
+
+    4-bit records get ``upcast_frozen``: that is what the harness's loading path does.
+    """
     q, lo = cfg.get("quant", {}), cfg.get("lora", {})
     o, d, t = cfg.get("optim", {}), cfg.get("data", {}), cfg.get("train", {})
     targets = lo.get("targets", "all-linear")
@@ -85,19 +101,9 @@ def setting_from_config(cfg: dict[str, Any]) -> Setting:
         checkpointing=t.get("checkpointing", base.checkpointing),
         optimizer=o.get("name", base.optimizer),
         kernels=t.get("kernels", base.kernels),
+        # harness/models.py runs prepare_model_for_kbit_training on every 4-bit model.
+        upcast_frozen=q.get("type", base.quant) in ("nf4", "fp4"),
     )
-
-
-Point = tuple[Shape, Setting, float, str]  # shape, setting, measured peak reserved GiB, label
-
-LLAMA3_8B = Shape(4096, 32, 14336, 128256, 32, 8)
-# Built-in prior calibration points: published H100 measurements, not records of this repo.
-# NF4 + double quant, r=16 alpha=32 all-linear, fp32 adapters, seq 2048, full checkpointing,
-# paged AdamW 8-bit. Batch 4: 19.4 GiB peak allocated / 24.2 GiB peak reserved; batch 1: 10.2.
-PRIOR_ANCHORS: tuple[Point, ...] = (
-    (LLAMA3_8B, Setting(batch_size=4), 24.2, "prior: H100 llama3-8b nf4+dq r16 b4"),
-    (LLAMA3_8B, Setting(batch_size=1), 10.2, "prior: H100 llama3-8b nf4+dq r16 b1"),
-)
 
 
 def measured_points(records: list[dict[str, Any]]) -> list[Point]:

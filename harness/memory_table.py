@@ -6,8 +6,8 @@ python -m harness.pick --table
 from dataclasses import replace
 
 from harness.memory_fit import Calibration
-from harness.memory_model import predict_peak_gib
-from harness.memory_terms import Setting, Shape
+from harness.memory_model import predict_peak_gib, prior_calibration
+from harness.memory_terms import GIB, Setting, Shape, logits_bytes
 
 # Public configs of one representative model per size class (hidden, layers, intermediate, vocab,
 # heads, kv heads, tied embeddings).
@@ -24,7 +24,8 @@ BUDGETS_GB = (8, 12, 16, 24, 40, 48, 80)
 METHODS: dict[str, Setting] = {
     "full FT": Setting(full_finetune=True, quant="none", optimizer="adamw_torch"),
     "LoRA": Setting(quant="none", lora_dtype="bf16"),
-    "QLoRA": Setting(quant="nf4", double_quant=True),
+    # As this harness loads 4-bit models: prepare_model_for_kbit_training upcasts frozen params.
+    "QLoRA": Setting(quant="nf4", double_quant=True, upcast_frozen=True),
 }
 
 
@@ -57,14 +58,19 @@ def seeds_rows(
     return rows
 
 
-def format_seeds_table(rows: list[dict[str, object]], *, margin: float = 0.10) -> str:
+def format_seeds_table(
+    rows: list[dict[str, object]], *, margin: float = 0.10, calib: Calibration | None = None
+) -> str:
     """Markdown: one line per model size, one column per GPU size; cell = full FT / LoRA / QLoRA."""
     head = "| model | params | needs GiB (full / LoRA / QLoRA) | " + " | ".join(
         f"{b} GB" for b in BUDGETS_GB
     )
     lines = [
         "Predicted (memory model, not measured): seq 2048, batch 1, full checkpointing, "
-        f"+{margin:.0%} margin. Cell = full FT / LoRA / QLoRA, ✓ fits, ✗ does not.",
+        f"+{margin:.0%} margin. Cell = full FT / LoRA / QLoRA, ✓ fits, ✗ does not. "
+        f"Vocabulary matters at batch 1: logits take {_logits_gib(128256, calib):.1f} GiB per "
+        "sequence "
+        f"with Llama-3's 128k vocab, {_logits_gib(32000, calib):.1f} with Llama-2's 32k.",
         "",
         head + " |",
         "|" + "---|" * (3 + len(BUDGETS_GB)),
@@ -79,3 +85,9 @@ def format_seeds_table(rows: list[dict[str, object]], *, margin: float = 0.10) -
             + " |"
         )
     return "\n".join(lines)
+
+
+def _logits_gib(vocab: int, calib: Calibration | None) -> float:
+    shape = Shape(4096, 1, 4096, vocab, 32, 8)  # logits depend on vocab (and batch x seq) only
+    factor = (calib or prior_calibration()).logits_factor
+    return factor * logits_bytes(shape, METHODS["QLoRA"]) / GIB

@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     calib = calibrate(records)
     if args.table:
-        print(format_seeds_table(seeds_rows(calib, margin=args.margin), margin=args.margin))
+        rows = seeds_rows(calib, margin=args.margin)
+        print(format_seeds_table(rows, margin=args.margin, calib=calib))
         print(f"\nMemory model: {calib.describe()}.")
         if args.budget_gib is None:
             return 0

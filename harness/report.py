@@ -76,7 +76,11 @@ def build_report(
         "images": pngs,
         "memory": memory,
         "budgets": budget_rows(records, frame, memory),
-        "seeds": format_seeds_table(seeds_rows(memory["calibration"], margin=MARGIN)),
+        "seeds": format_seeds_table(
+            seeds_rows(memory["calibration"], margin=MARGIN),
+            margin=MARGIN,
+            calib=memory["calibration"],
+        ),
         "meta": _meta(frame, records_or_dir),
     }
     files["report.html"] = out_dir / "report.html"
