@@ -43,7 +43,7 @@ def predict_peak_gib(
     Args:
         shape: model shape.
         setting: what moves memory (quant, r, targets, batch, seq, checkpointing, optimizer...).
-        calib: fitted factors; None uses the built-in prior (the H100 Llama-3-8B anchors).
+        calib: fitted factors; None: the built-in prior (H100 anchors, harness/memory_anchors.py).
 
     Returns:
         {weights, quant_constants, lora_params, grads, optimizer_states, activations, logits,
@@ -124,7 +124,7 @@ def calibrate(records: list[dict[str, Any]], *, use_priors: bool = True) -> Cali
 
     Args:
         records: trial records; only successful ones with a CUDA peak and a model shape count.
-        use_priors: also fit the built-in H100 Llama-3-8B anchors (marked as priors).
+        use_priors: also fit the built-in H100 anchors (published + probe, memory_anchors.py).
 
     Returns:
         The fitted factors, with how many records and priors they rest on.

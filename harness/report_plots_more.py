@@ -134,7 +134,7 @@ def plot_memory_model(data: ReportInputs) -> Figure:
                         color="black", zorder=4, label="measured")  # fmt: skip
         ax2.set(xlabel="predicted peak reserved VRAM (GiB)", title="Where the memory goes")
         ax2.tick_params(axis="y", labelsize=7)
-        ax2.legend(fontsize=7, loc="lower right")
+        ax2.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     return fig
 
