@@ -56,12 +56,16 @@ class StudySource:
         return f"study {self.study!r} in {self.storage}"
 
 
-Source = Path | str | StudySource | Iterable[dict[str, Any]]
+Source = Path | str | StudySource | Iterable[dict[str, Any]]  # or an optuna.Study
 
 
 def load_records(source: Source) -> list[dict[str, Any]]:
     """Records from a sweep dir (recursive), a record.json, a study, or records already loaded."""
     if isinstance(source, StudySource):
+        import optuna
+
+        recs = _study_records(optuna.load_study(study_name=source.study, storage=source.storage))
+    elif hasattr(source, "get_trials"):  # an optuna.Study already in hand
         recs = _study_records(source)
     elif isinstance(source, str | Path):
         path = Path(source)
@@ -209,11 +213,8 @@ def short(key: str, val: Any) -> str:
     return fmt(val) if callable(fmt) else fmt.format(val)
 
 
-def _study_records(src: StudySource) -> list[dict[str, Any]]:
+def _study_records(study: Any) -> list[dict[str, Any]]:
     """Records of an Optuna study: ``record_dir`` user attr, else rebuilt from the trial."""
-    import optuna
-
-    study = optuna.load_study(study_name=src.study, storage=src.storage)
     recs = []
     for trial in study.get_trials(deepcopy=False):
         rec_dir = trial.user_attrs.get("record_dir")

@@ -118,6 +118,7 @@ def test_study_source_uses_records_and_falls_back_to_user_attrs(tmp_path: Path) 
     assert frame.loc[1, "peak_vram_reserved_gib"] == 25.0 and frame.loc[1, "lora.r"] == 64
     assert "record.json missing" in frame.loc[1, "error"]
     assert "record.json missing" in frame.loc[2, "error"]
+    assert load_records_frame(study)["trial"].tolist() == frame["trial"].tolist()  # Study object
 
 
 def test_cli_default_out_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
