@@ -65,9 +65,9 @@ class Driver:
         self.study_dir = out_root / spec.name
         self.url = spec.storage or default_storage(spec.name, out_root)
         hb = {"interval": 60, "grace": 180, "max_retry": 2, **spec.heartbeat}
-        self.storage = open_storage(self.url, **hb)
         self.pool = None if isolate else process_pool()
         with study_lock(self.url, spec.name):  # first workers race to create the tables/study
+            self.storage = open_storage(self.url, **hb)
             self.study = optuna.create_study(
                 storage=self.storage,
                 study_name=spec.name,
@@ -108,8 +108,8 @@ class Driver:
                 continue
             waiting = False
             self._run(*nxt)
-            why = self.spec.limit.check(self._statuses())
-            if why:
+            why = self.spec.limit.check(self._statuses()) if prog.taken + 1 < n else None
+            if why:  # (a study whose last trial just ran has nothing left to stop)
                 summarize(self.study, self.spec, self.study_dir, report=False)
                 print(
                     f"study {self.spec.name!r} stopped by the failure-rate limit: {why}. "
@@ -160,23 +160,27 @@ class Driver:
         toward n_trials and are never rerun); the samplers leave FAIL trials out of their model."""
         for key, value in record_attrs(rec, out_dir).items():
             trial.set_user_attr(key, value)
-        if self.spec.constraints:
-            cons = [c.value(rec) for c in self.spec.constraints]
-            trial.set_user_attr("constraints", [0.0 if c is None else c for c in cons])
+        for con in self.spec.constraints:
+            value = con.value(rec)
+            if value is not None:  # not measured (CPU VRAM, pruned early): nothing shows a breach
+                trial.set_constraint(str(con), value)
         values = objective_values(self.spec, rec)
         status = rec.get("status")
-        if status == "pruned":
-            self.study.tell(trial, state=TrialState.PRUNED)
-        elif status == "success" and values is not None:
-            self.study.tell(trial, values)
-        else:
-            if status == "success":
-                trial.set_user_attr(
-                    "error",
-                    "an objective is missing or not finite in the "
-                    f"record: {[o.metric for o in self.spec.objectives]}",
-                )
-            self.study.tell(trial, state=TrialState.FAIL)
+        if status == "success" and values is None:
+            metrics = [o.metric for o in self.spec.objectives]
+            trial.set_user_attr("error", f"an objective is missing or not finite: {metrics}")
+        state = {"pruned": TrialState.PRUNED}.get(status, TrialState.FAIL)
+        try:
+            if status == "success" and values is not None:
+                self.study.tell(trial, values)
+            else:
+                self.study.tell(trial, state=state)
+        except RuntimeError as e:
+            # GridSampler calls study.stop() after the last grid point, which raises outside
+            # study.optimize (documented for ask-and-tell, optuna#5141). The state is already
+            # stored; the driver's own count ends the loop.
+            if "Study.stop" not in str(e):
+                raise
         log.info(
             "trial %d: %s%s",
             trial.number,

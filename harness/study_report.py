@@ -56,7 +56,7 @@ def summary(study: optuna.Study, spec: StudySpec) -> pd.DataFrame:
 
 
 def feasible(trial: FrozenTrial) -> bool:
-    return all(c <= 0 for c in trial.user_attrs.get("constraints") or [])
+    return all(c <= 0 for c in trial.constraints.values())
 
 
 def pareto_mask(frame: pd.DataFrame, spec: StudySpec) -> list[bool]:

@@ -12,6 +12,7 @@ import ctypes
 import signal
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import optuna
@@ -79,15 +80,18 @@ def pruning_callback(trial: optuna.Trial, spec: StudySpec):
 def run_in_process(
     trial: optuna.Trial, spec: StudySpec, overrides: list[str], out_dir: Path, pool
 ) -> dict:
-    """Run the trial here; returns its record (a config error becomes a failed result)."""
+    """Run the trial here; returns its record. A point of the search space that the config or
+    the preflight refuses (ConfigError) becomes a failed result, with its traceback."""
     from harness.trial import run_trial
 
     try:
         cfg, choices = compose_trial(overrides)
-    except Exception as e:  # noqa: BLE001 - a bad point of the search space is a failed result
+        on_eval = pruning_callback(trial, spec)
+        return run_trial(
+            cfg, out_dir, overrides=overrides, choices=choices, on_eval=on_eval, pool=pool
+        )
+    except Exception as e:  # noqa: BLE001 - run_trial records the rest itself
         return _setup_failure(e, out_dir)
-    on_eval = pruning_callback(trial, spec)
-    return run_trial(cfg, out_dir, overrides=overrides, choices=choices, on_eval=on_eval, pool=pool)
 
 
 def run_isolated(
@@ -106,9 +110,11 @@ def run_isolated(
     if (out_dir / "record.json").is_file():
         return read_record(out_dir)
     tail = (out_dir / "trial.log").read_text(errors="replace")[-4000:]
-    (out_dir / "error.txt").write_text(tail)
+    if not (out_dir / "error.txt").exists():  # the child writes it for a refused config
+        (out_dir / "error.txt").write_text(tail)
+    last = (tail.strip().splitlines() or [""])[-1][:300]
     why = f"trial process exited with code {proc.returncode} without a record"
-    return {"status": "failed", "error": f"{why}; see {out_dir / 'trial.log'}"}
+    return {"status": "failed", "error": f"{why}: {last} (log: {out_dir / 'trial.log'})"}
 
 
 def _die_with_parent() -> None:
@@ -121,10 +127,10 @@ def _die_with_parent() -> None:
 
 
 def _setup_failure(e: Exception, out_dir: Path) -> dict:
+    """The result of a trial that never started: its config or preflight was refused."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    (out_dir / "error.txt").write_text(f"composing the trial config failed:\n{msg}\n")
-    return {"status": "failed", "error": msg}
+    (out_dir / "error.txt").write_text(traceback.format_exc())
+    return {"status": "failed", "error": f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"}
 
 
 def record_attrs(record: dict, out_dir: Path) -> dict:
@@ -149,19 +155,19 @@ def child_main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
-    from harness.trial import run_trial
+    from harness.trial import run_trial  # torch & co: after the arguments are known good
 
     spec = load_spec(args.spec, name=args.study)
     study = optuna.load_study(study_name=spec.name, storage=args.storage, pruner=make_pruner(spec))
     trial = optuna.Trial(study, args.trial_id)
     try:
         cfg, choices = compose_trial(args.overrides)
-    except Exception as e:  # noqa: BLE001 - reported to the driver as a result
+        on_eval = pruning_callback(trial, spec)
+        run_trial(cfg, args.out, overrides=args.overrides, choices=choices, on_eval=on_eval)
+    except Exception as e:  # noqa: BLE001 - a refused config: the driver records it
         _setup_failure(e, args.out)
         print(f"error: {e}", file=sys.stderr)
         return 2
-    on_eval = pruning_callback(trial, spec)
-    run_trial(cfg, args.out, overrides=args.overrides, choices=choices, on_eval=on_eval)
     return 0
 
 

@@ -21,7 +21,8 @@ SAMPLERS = ("tpe", "random", "grid", "nsga2")
 PRUNERS = ("none", "median", "percentile", "hyperband")
 DIRECTIONS = ("minimize", "maximize")
 PARAM_TYPES = ("categorical", "int", "float")
-CONSTRAINED = ("tpe", "nsga2")  # the samplers that take constraints_func
+# Optuna 5 samplers read each trial's constraints (Trial.set_constraint): TPE and NSGA-II rank
+# infeasible trials last; random and grid ignore them. best/Pareto here always exclude them.
 _OPS = {"<=": operator.sub, ">=": lambda value, bound: bound - value}
 
 
@@ -38,6 +39,9 @@ class Constraint:
     metric: str
     op: str
     bound: float
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.bound:g}"
 
     def value(self, record: dict) -> float | None:
         got = get_path(record, self.metric)
@@ -177,8 +181,6 @@ def hydra_value(value: Any) -> str:
 def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     opts = {k: v for k, v in spec.sampler.items() if k != "name"}
     name = spec.sampler["name"]
-    if spec.constraints and name in CONSTRAINED:
-        opts["constraints_func"] = ConstraintsOf(len(spec.constraints))
     if name == "tpe":
         return optuna.samplers.TPESampler(**opts)
     if name == "nsga2":
@@ -196,18 +198,6 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
         "percentile": optuna.pruners.PercentilePruner,
         "hyperband": optuna.pruners.HyperbandPruner,
     }[spec.pruner.get("name", "none")](**opts)
-
-
-@dataclass
-class ConstraintsOf:
-    """Optuna's constraints_func: the `constraints` user attr the driver stored (<= 0 is
-    feasible). A trial without a measurement (pruned early, metric not measured on this device)
-    counts as feasible: nothing shows it is not."""
-
-    n: int
-
-    def __call__(self, trial: optuna.trial.FrozenTrial) -> list[float]:
-        return list(trial.user_attrs.get("constraints") or [0.0] * self.n)
 
 
 def objective_values(spec: StudySpec, record: dict) -> list[float] | None:
