@@ -36,7 +36,14 @@ from harness.study_spec import (
     objective_values,
     suggest_overrides,
 )
-from harness.study_store import Heartbeat, default_storage, open_storage, progress, study_lock
+from harness.study_store import (
+    Heartbeat,
+    default_storage,
+    normalize_url,
+    open_storage,
+    progress,
+    study_lock,
+)
 from harness.sweep import process_pool
 
 log = logging.getLogger("harness.study")
@@ -63,7 +70,7 @@ class Driver:
         self.spec, self.spec_path, self.base = spec, spec_path, base
         self.isolate, self.report = isolate, report
         self.study_dir = out_root / spec.name
-        self.url = spec.storage or default_storage(spec.name, out_root)
+        self.url = normalize_url(spec.storage or default_storage(spec.name, out_root))
         hb = {"interval": 60, "grace": 180, "max_retry": 2, **spec.heartbeat}
         self.pool = None if isolate else process_pool()
         with study_lock(self.url, spec.name):  # first workers race to create the tables/study
@@ -123,6 +130,8 @@ class Driver:
 
     def _ask(self) -> tuple[optuna.Trial, list[str], Path]:
         """Create (or pop a queued retry of) a trial and draw all its params, under the lock."""
+        number = len(self.study.get_trials(deepcopy=False))  # the next one, under the lock
+        self.study.sampler = make_sampler(self.spec, trial_number=number)
         trial = self.study.ask()
         overrides = [*self.base, *suggest_overrides(trial, self.spec)]
         self.storage.record_heartbeat(trial._trial_id)  # stale detection needs one beat

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from omegaconf import OmegaConf
 
@@ -178,9 +179,18 @@ def hydra_value(value: Any) -> str:
     return text if plain else "'" + text.replace("'", "\\'") + "'"
 
 
-def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+def make_sampler(
+    spec: StudySpec, *, trial_number: int | None = None
+) -> optuna.samplers.BaseSampler:
+    """The study's sampler. With `trial_number`, a seeded sampler is reseeded from (seed, number):
+    every worker process would otherwise replay the same random stream and draw the same
+    "random" startup points; now trial N gets the same draw whichever worker runs it. The grid
+    keeps its seed: it is the shuffle that maps grid ids to points in every worker."""
     opts = {k: v for k, v in spec.sampler.items() if k != "name"}
     name = spec.sampler["name"]
+    if name != "grid" and opts.get("seed") is not None and trial_number is not None:
+        seq = np.random.SeedSequence([int(opts["seed"]), trial_number])
+        opts["seed"] = int(seq.generate_state(1)[0])
     if name == "tpe":
         return optuna.samplers.TPESampler(**opts)
     if name == "nsga2":

@@ -11,6 +11,7 @@ again, up to `max_retry` times; after that the copy is recorded as a failed resu
 import contextlib
 import fcntl
 import functools
+import importlib.util
 import logging
 import sqlite3
 import threading
@@ -31,6 +32,16 @@ def default_storage(name: str, root: Path) -> str:
     """``sqlite:///<root>/<name>.db`` (absolute: the same study whatever the cwd of a rerun)."""
     root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{(root / f'{name}.db').resolve()}"
+
+
+def normalize_url(url: str) -> str:
+    """SQLAlchemy 2.1 maps ``postgresql://`` to psycopg 3; use psycopg2 (the ``postgres`` extra)
+    when that is what is installed, so the plain URL works as documented."""
+    u = sqlalchemy.engine.make_url(url)
+    if u.drivername == "postgresql" and not importlib.util.find_spec("psycopg"):
+        if importlib.util.find_spec("psycopg2"):
+            return u.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+    return url
 
 
 def open_storage(url: str, *, interval: int, grace: int, max_retry: int) -> RDBStorage:
