@@ -100,25 +100,26 @@ def run_lm_eval(cfg: TrialConfig, plan: Plan, model, tokenizer, *, out_dir: Path
     limit = cfg.eval.limit
     limit = int(limit) if limit is not None and limit >= 1 else limit
 
-    def score() -> dict:
+    def score(phase: str) -> dict:
         return evaluate_lm(
             model, tokenizer, cfg.eval.tasks, data_dir=plan.data_dir, embedded_dir=embedded_dir,
             limit=limit, batch_size=batch, num_fewshot=cfg.eval.num_fewshot,
-            seed=cfg.train.seed, work_dir=out_dir / "lm_eval",
+            seed=cfg.train.seed, work_dir=out_dir / "lm_eval" / phase,
         )  # fmt: skip
 
-    after = score()
+    after = score("after")
     before = {}
     if cfg.eval.base_scores:
         key = {
             "weights": weights, "quant": asdict(cfg.quant), "tasks": cfg.eval.tasks,
             "limit": limit, "num_fewshot": cfg.eval.num_fewshot, "device": plan.device,
+            "data_dir": str(plan.data_dir),
             "heldout_sha1": hashlib.sha1(heldout.encode()).hexdigest(),
         }  # fmt: skip
 
         def base() -> dict:
             with model.disable_adapter():
-                return score()
+                return score("before")
 
         before = base_scores_cached(key, base, cache_file=cache_dir() / "base_scores.json")
     return merge_before_after(before, after)
