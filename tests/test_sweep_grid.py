@@ -1,0 +1,138 @@
+"""Hydra `-m` grids through the real entry point: the summary CSV and table, failures recorded
+while the sweep goes on, the failure-rate limit, and the pieces they are built from."""
+
+import pandas as pd
+import pytest
+from conftest import TINY, load_json, run_harness
+
+from harness.hydra_callbacks import sweep_keys
+from harness.sweep import FailureLimit, override_items, summary_frame, swept_keys
+
+NO_REPORT = "hydra.callbacks.sweep_summary.report=false"
+
+
+def test_rank_grid_on_the_embedded_model_writes_its_summary(tmp_path):
+    """The issue's example, on the REAL 4-bit SmolLM2 path: 3 trials, one summary row each."""
+    sweep = tmp_path / "sweep"
+    proc = run_harness(
+        [
+            "-m",
+            "lora.r=4,16,64",
+            "train.max_steps=2",
+            "train.batch_size=2",
+            "data.num_train=16",
+            "data.num_heldout=4",
+            "data.max_seq_len=64",
+            "eval.tasks=[]",
+            "train.save_adapter=false",
+            "train.timing_warmup_steps=1",
+            f"hydra.sweep.dir={sweep}",
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    frame = pd.read_csv(sweep / "summary.csv")
+    assert list(frame["lora.r"]) == [4, 16, 64] and set(frame["status"]) == {"success"}
+    assert frame["params_trainable"].is_monotonic_increasing  # the rank really changed
+    assert {"loss_eval", "loss_tokens_per_s", "peak_rss_gib", "time_load_s"} <= set(frame)
+    assert frame["loss_eval"].notna().all()
+    # trials 2 and 3 swap adapters on the pooled NF4 base instead of reloading it
+    assert frame["time_load_s"].iloc[1:].max() < frame["time_load_s"].iloc[0]
+    assert "lora.r" in proc.stdout and f"summary: {sweep / 'summary.csv'}" in proc.stdout
+    try:
+        import harness.report  # noqa: F401
+    except ImportError:
+        return
+    assert (sweep / "report" / "report.html").is_file()
+
+
+def test_oom_and_nan_trials_are_rows_and_the_grid_goes_on(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_harness(
+        [
+            "-m",
+            "train.inject_fault=oom,nan,none",
+            *TINY,
+            "train.max_steps=2",
+            f"hydra.sweep.dir={sweep}",
+            NO_REPORT,
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    frame = pd.read_csv(sweep / "summary.csv", keep_default_na=False)  # "nan" is a value here
+    assert list(frame["train.inject_fault"]) == ["oom", "nan", "none"]
+    assert list(frame["status"]) == ["oom", "failed", "success"]
+    assert "non-finite" in frame["error"][1] and "out of memory" in frame["error"][0]
+    assert load_json(sweep / "0" / "record.json")["oom"]["phase"] == "train"
+    assert not (sweep / "report").exists()
+
+
+def test_failure_rate_limit_stops_a_grid_where_everything_fails(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_harness(
+        [
+            "-m",
+            "lora.r=4,8,16,32",
+            *TINY,
+            "train.max_steps=2",
+            "train.inject_fault=oom",
+            f"hydra.sweep.dir={sweep}",
+            NO_REPORT,
+            "hydra.callbacks.sweep_summary.max_consecutive_failures=2",
+        ]
+    )
+    assert proc.returncode == 3
+    assert "stopped by the failure-rate limit: the last 2 trials all failed" in proc.stderr
+    frame = pd.read_csv(sweep / "summary.csv")
+    assert list(frame["lora.r"]) == [4, 8] and set(frame["status"]) == {"oom"}
+    assert not (sweep / "2").exists()
+
+
+def test_failure_limit_rules():
+    limit = FailureLimit(consecutive=3, rate=0.5, min_trials=4)
+    assert limit.check(["oom", "failed"]) is None
+    assert "last 3" in limit.check(["success", "oom", "failed", "failed"])
+    assert limit.check(["failed", "pruned", "failed", "success"]) is None  # 2 of 4: not > 50%
+    assert "3 of 5" in limit.check(["failed", "success", "failed", "success", "failed"])
+    assert FailureLimit(consecutive=0, rate=1.0).check(["failed"] * 9) is None  # both off
+
+
+def test_summary_columns_come_from_the_overrides():
+    recs = [
+        {
+            "overrides": ["lora.r=4", "quant=nf4", "train.max_steps=3", "out_dir=/x"],
+            "status": "success",
+            "loss": {"eval": 1.5},
+            "choices": {"quant": "nf4"},
+            "_dir": "a",
+        },
+        {
+            "overrides": ["lora.r=16", "train.max_steps=3"],
+            "status": "oom",
+            "error": "OOM",
+            "choices": {"quant": "fp4"},
+            "config": {"lora": {"r": 16}},
+            "_dir": "b",
+        },
+    ]
+    assert override_items(recs[0]["overrides"]) == {
+        "lora.r": "4",
+        "quant": "nf4",
+        "train.max_steps": "3",
+    }
+    assert swept_keys(recs) == ["lora.r", "quant"]  # constant keys are not columns
+    frame = summary_frame(recs)
+    assert list(frame["quant"]) == ["nf4", "fp4"]  # a default choice read from the record
+    assert list(frame["status"]) == ["success", "oom"] and frame["loss_eval"][0] == 1.5
+    assert list(frame["record_dir"]) == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "keys"),
+    [
+        (["lora.r=4,16,64", "train.max_steps=3"], ["lora.r"]),
+        (["quant=nf4,fp4", "quant.double_quant=true,false"], ["quant", "quant.double_quant"]),
+        (["+x=1,2", "lora.r=range(4,9,4)"], ["x", "lora.r"]),
+    ],
+)
+def test_sweep_keys(overrides, keys):
+    assert sweep_keys(overrides) == keys
