@@ -182,7 +182,7 @@ def test_kill_9_mid_trial_then_rerun_completes_exactly_n_trials(tmp_path):
         tmp_path,
         "killed",
         grid={"lora.r": [4, 8, 16]},
-        overrides=[*STUDY_TINY, "train.max_steps=8"],
+        overrides=[*STUDY_TINY, "train.max_steps=6"],
     )
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
@@ -194,7 +194,7 @@ def test_kill_9_mid_trial_then_rerun_completes_exactly_n_trials(tmp_path):
     )
     db = tmp_path / "studies" / "killed.db"
     _wait_for_running_trial(proc, db, number=1)
-    time.sleep(3)  # well inside its 8 training steps
+    time.sleep(1)  # inside the trial: loading, tokenizing or in its 6 steps, not done
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     rerun = run_study(spec, tmp_path)  # waits out the 4 s grace, fails trial 1, runs it again
@@ -224,7 +224,7 @@ def _wait_for_running_trial(proc, db: Path, *, number: int, timeout: float = 300
             rows = []  # no file or no tables yet
         if (number, "RUNNING") in rows:
             return
-        time.sleep(0.5)
+        time.sleep(0.2)
     raise AssertionError(f"trial {number} never ran")
 
 
