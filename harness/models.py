@@ -134,13 +134,26 @@ def load_base(weights: str, qcfg: QuantConfig, *, device: str):
     """Load and (unless quant.type=none) quantize the base model onto `device`."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(
+    model = AutoModelForCausalLM.from_pretrained(
         weights,
         quantization_config=bnb_config(qcfg),
         dtype=DTYPES[qcfg.compute_dtype],
         device_map={"": device},
         attn_implementation="sdpa",
     )
+    _keep_cpu_4bit_layout(model)
+    return model
+
+
+def _keep_cpu_4bit_layout(model) -> None:
+    """bitsandbytes 0.50 repacks a 4-bit weight in place for its AVX512-BF16 CPU kernel at the
+    first no-grad eval-mode forward and never unpacks it; later training forwards then read the
+    packed layout wrongly (measured: other loss, LoRA grad norm / 35). Any held-out eval before
+    training ends (eval_every_steps, a pooled base's next trial) would corrupt training, so keep
+    the plain layout: exact, and no slower here (135M eval forward 1.11 s vs 1.29 s packed)."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def attach_adapter(
