@@ -150,9 +150,9 @@ def _add_mfu(rec: dict, hf_config) -> None:
     tp, lev = rec["throughput"], rec.get("levers") or {}
     if not tp.get("timed_steps") or rec["device"]["type"] != "cuda":
         return
+    tokens_per_s, lora = tp["padded_tokens_per_s"], rec["params"]["trainable"]
     tp.update(flops.utilization(
-        hf_config, tp["padded_tokens_per_s"], seq_len=tp["padded_tokens_per_s"] / tp["samples_per_s"],
-        lora_params=rec["params"]["trainable"],
+        hf_config, tokens_per_s, seq_len=tokens_per_s / tp["samples_per_s"], lora_params=lora,
         recompute_fraction=lev.get("checkpointed_layers", 0) / max(lev.get("num_layers", 1), 1),
     ))  # fmt: skip
 

@@ -1,0 +1,223 @@
+"""Speed and memory levers of the trial. Each is one config key, applied to the adapted model after
+`attach_adapter`; every call sets the state of every lever from the config, so a base reused from
+a sweep's pool never carries the previous trial's choice.
+
+    train.kernels=liger           Liger's Triton RMSNorm and SwiGLU (CUDA + triton)
+    train.lora_kernel=fused       the LoRA branch as one autograd op (`_LoraBranch`)
+    train.frozen_dtype=bf16       undo peft's fp32 upcast of embeddings, norms and head
+    train.checkpointing=selective recompute train.checkpoint_fraction of the decoder layers
+    train.checkpointing=offload   recompute every layer, layer inputs parked in host memory (TRL)
+
+What each costs or saves on an H100 is measured by sweeps/speed.yaml (BENCHMARKS.md).
+"""
+
+import math
+import types
+
+import torch
+from torch import nn
+
+from harness.config import TrainConfig
+from harness.errors import ConfigError
+
+_MARK = "_harness_lever"  # set on modules whose forward this module replaced
+
+
+def check(tcfg: TrainConfig, device: str) -> None:
+    """Refuse, before any model is loaded, levers this device cannot run."""
+    if tcfg.kernels == "liger":
+        if not device.startswith("cuda"):
+            raise ConfigError("train.kernels", "liger", "Triton kernels need CUDA; allowed: none")
+        try:
+            import liger_kernel.ops  # noqa: F401
+        except ImportError as e:
+            raise ConfigError(
+                "train.kernels", "liger", f"pip install liger-kernel ({e}); allowed: none"
+            ) from None
+    if tcfg.checkpointing == "offload" and not device.startswith("cuda"):
+        raise ConfigError(
+            "train.checkpointing", "offload", "offloads GPU activations to host memory; needs CUDA"
+        )
+
+
+def apply(model, tcfg: TrainConfig, *, compute_dtype: torch.dtype) -> dict:
+    """Set every lever on `model` (a peft model) as `tcfg` says. Returns what was applied."""
+    applied = {"frozen_cast": _frozen_dtype(model, tcfg.frozen_dtype, compute_dtype)}
+    applied.update(_kernels(model, tcfg.kernels))
+    applied["lora_fused"] = _lora_kernel(model, tcfg.lora_kernel)
+    applied.update(_checkpointing(model, tcfg.checkpointing, tcfg.checkpoint_fraction))
+    return applied
+
+
+def _frozen_dtype(model, dtype: str, compute_dtype: torch.dtype) -> int:
+    """peft's prepare_model_for_kbit_training casts every non-4-bit weight to fp32. The weights were
+    bf16, so casting back is exact; what changes is that activations follow the embedding's dtype,
+    so the residual stream and the elementwise math run in bf16 (llama3-8b: -2.1 GB of weights and
+    half the bytes of every saved activation). fp32 keeps peft's behaviour: nothing to do."""
+    if dtype == "fp32":
+        return 0
+    n = 0
+    for param in model.parameters():
+        if param.requires_grad or not param.is_floating_point():
+            continue
+        if param.__class__.__name__ == "Params4bit" or param.dtype == compute_dtype:
+            continue
+        param.data = param.data.to(compute_dtype)
+        n += param.numel()
+    return n
+
+
+def _restore(module: nn.Module) -> None:
+    if getattr(module, _MARK, None):
+        del module.forward
+        delattr(module, _MARK)
+
+
+def _bind(module: nn.Module, fn, tag: str) -> None:
+    module.forward = types.MethodType(fn, module)
+    setattr(module, _MARK, tag)
+
+
+def _kernels(model, kernels: str) -> dict:
+    norms = mlps = 0
+    for module in model.modules():
+        is_norm = type(module).__name__.endswith("RMSNorm") and hasattr(module, "variance_epsilon")
+        is_mlp = all(hasattr(module, k) for k in ("gate_proj", "up_proj", "down_proj", "act_fn"))
+        is_mlp = is_mlp and "SiLU" in type(module.act_fn).__name__
+        if not (is_norm or is_mlp):
+            continue
+        _restore(module)
+        if kernels == "liger":
+            _bind(module, _liger_rmsnorm if is_norm else _liger_swiglu, "liger")
+            norms, mlps = norms + is_norm, mlps + is_mlp
+    return {"liger_rmsnorm": norms, "liger_swiglu": mlps}
+
+
+def _liger_rmsnorm(self, hidden_states):
+    from liger_kernel.ops import LigerRMSNormFunction
+
+    # casting_mode "llama" = HF's LlamaRMSNorm/Qwen2RMSNorm: only the inverse RMS in fp32.
+    return LigerRMSNormFunction.apply(
+        hidden_states, self.weight, self.variance_epsilon, 0.0, "llama"
+    )
+
+
+def _liger_swiglu(self, x):
+    from liger_kernel.ops import LigerSiLUMulFunction
+
+    # saves gate and up, recomputes silu(gate)*up in backward: one [tokens, ffn] tensor fewer
+    return self.down_proj(LigerSiLUMulFunction.apply(self.gate_proj(x), self.up_proj(x)))
+
+
+def _lora_kernel(model, kernel: str) -> int:
+    n = 0
+    for module in model.modules():
+        if not (hasattr(module, "lora_A") and hasattr(module, "base_layer")):
+            continue
+        _restore(module)
+        if kernel == "fused":
+            _bind(module, _fused_lora_forward, "fused")
+            n += 1
+    return n
+
+
+def _single_plain_adapter(layer, kwargs) -> str | None:
+    """The one active vanilla-LoRA adapter, or None where peft's own forward must run (merged,
+    disabled, mixed-batch adapters, DoRA and other variants, LoRA bias)."""
+    if layer.disable_adapters or layer.merged or kwargs.get("adapter_names") is not None:
+        return None
+    active = [a for a in layer.active_adapters if a in layer.lora_A]
+    if len(active) != 1:
+        return None
+    name = active[0]
+    if name in getattr(layer, "lora_variant", {}) or getattr(layer, "lora_bias", {}).get(name):
+        return None
+    return name
+
+
+def _fused_lora_forward(self, x, *args, **kwargs):
+    name = _single_plain_adapter(self, kwargs)
+    if name is None:
+        return type(self).forward(self, x, *args, **kwargs)
+    result = self.base_layer(x, *args, **kwargs)
+    a, b = self.lora_A[name].weight, self.lora_B[name].weight
+    drop = self.lora_dropout[name]
+    p = drop.p if isinstance(drop, nn.Dropout) and drop.training else 0.0
+    # Drawn from the CPU generator, which activation checkpointing restores before it recomputes
+    # a layer, so the recomputed branch regenerates the same mask.
+    seed = int(torch.randint(0, 2**62, (1,))) if p else 0
+    autocast = torch.is_autocast_enabled(x.device.type)
+    # peft's matmuls run in the autocast dtype; without autocast, in the adapter's dtype, with the
+    # branch cast back to the base output's dtype
+    dtype = torch.get_autocast_dtype(x.device.type) if autocast else a.dtype
+    branch = _LoraBranch.apply(x, a, b, float(self.scaling[name]), p, seed, dtype)
+    return result + (branch if autocast else branch.to(result.dtype))
+
+
+def _dropout(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    if not p:
+        return x
+    gen = torch.Generator(device=x.device)
+    gen.manual_seed(seed)
+    keep = torch.empty_like(x).bernoulli_(1.0 - p, generator=gen)
+    return x * keep * (1.0 / (1.0 - p))
+
+
+class _LoraBranch(torch.autograd.Function):
+    """scale * B(A(dropout(x))), the same math as peft's Linear4bit under autocast, in one op.
+
+    Why it is faster and leaner than peft's three modules: it saves only x (a tensor the layer's
+    other branches hold anyway) and a [tokens, r] tensor, where peft saves dropout(x) per adapted
+    Linear (7 per llama layer, plus a mask each); the mask is regenerated from a seed in backward;
+    fp32 adapter weights are cast to the compute dtype once per call instead of routing the
+    activations through fp32; and there is no defensive clone of the base output.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight_a, weight_b, scale, p, seed, dtype):
+        a, b = weight_a.to(dtype), weight_b.to(dtype)
+        h = (_dropout(x.to(dtype), p, seed) @ a.t()) * scale  # [..., r], scale folded in here
+        ctx.save_for_backward(x, a, b, h)
+        ctx.p, ctx.seed, ctx.scale, ctx.dtype = p, seed, scale, dtype
+        ctx.weight_dtypes = (weight_a.dtype, weight_b.dtype)
+        return h @ b.t()
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, a, b, h = ctx.saved_tensors
+        g = grad_y.to(ctx.dtype).reshape(-1, grad_y.shape[-1])  # [N, out]
+        grad_b = g.t() @ h.reshape(-1, h.shape[-1])  # [out, r]
+        grad_h = (g @ b) * ctx.scale  # [N, r]
+        xd = _dropout(x.to(ctx.dtype), ctx.p, ctx.seed).reshape(-1, x.shape[-1])
+        grad_a = grad_h.t() @ xd  # [r, in]
+        del xd
+        grad_x = _dropout((grad_h @ a).view(x.shape), ctx.p, ctx.seed).to(x.dtype)
+        dtype_a, dtype_b = ctx.weight_dtypes
+        return grad_x, grad_a.to(dtype_a), grad_b.to(dtype_b), None, None, None, None
+
+
+def spread(n: int, fraction: float) -> set[int]:
+    """round(fraction * n) of n layer indices (at least one), spread evenly over the depth."""
+    k = max(1, round(fraction * n))
+    return {math.floor(i * n / k) for i in range(k)}
+
+
+def _checkpointing(model, mode: str, fraction: float) -> dict:
+    """Set each decoder layer's checkpointing flag. attach_adapter enabled checkpointing on all
+    layers (any mode but none); a pooled base may still carry the previous trial's flags."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    n = len(layers)
+    if mode == "none":
+        chosen: set[int] = set()
+    elif mode == "selective":
+        chosen = spread(n, fraction)
+    else:
+        chosen = set(range(n))
+    for i, layer in enumerate(layers):
+        layer.gradient_checkpointing = i in chosen and hasattr(
+            layer, "_gradient_checkpointing_func"
+        )
+    done = sum(layer.gradient_checkpointing for layer in layers)
+    return {"checkpointed_layers": done, "num_layers": n}

@@ -1,0 +1,201 @@
+"""Each speed lever leaves the training math unchanged where it runs on the CPU; the CUDA-only
+ones (Liger's Triton kernels, activation offloading) skip here with the reason. Their speed and
+memory are measured by the benchmark sweep (sweeps/speed.yaml), never asserted here."""
+
+import pytest
+import torch
+from conftest import TINY, compose_cfg, load_json, requires_cuda, run_harness
+
+from harness import levers
+from harness.config import TrainConfig, to_trial_config
+from harness.errors import ConfigError
+
+
+def _tiny_peft(dropout: float = 0.0, seed: int = 0):
+    """A 2-layer llama with a peft LoRA adapter on every Linear, fp32, in train mode."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from harness.shapes import shape_config
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_config(shape_config("tiny-llama"))
+    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear")
+    model = get_peft_model(base, cfg)
+    for name, param in model.named_parameters():  # B starts at zero; make the branch matter
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.02)
+    return model.train()
+
+
+def _loss_and_grads(model, ids):
+    model.zero_grad()
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return loss.detach(), grads
+
+
+def _apply(model, **train):
+    return levers.apply(model, TrainConfig(**train), compute_dtype=torch.bfloat16)
+
+
+def test_fused_lora_matches_peft_loss_and_gradients():
+    model = _tiny_peft()
+    ids = torch.randint(0, 1000, (2, 24))
+    loss_ref, grads_ref = _loss_and_grads(model, ids)
+    applied = _apply(model, lora_kernel="fused", checkpointing="none")
+    assert applied["lora_fused"] == 2 * 7  # 7 adapted Linear layers in each of 2 layers
+    loss, grads = _loss_and_grads(model, ids)
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-6, atol=1e-6)
+    for name, grad in grads_ref.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-7)
+
+
+def test_fused_lora_dropout_regenerates_the_same_mask_in_backward():
+    """With dropout the branch is x*m/(1-p) @ A^T @ B^T: its gradients, computed by hand from the
+    mask the forward drew, must match the fused backward exactly."""
+    layer = _tiny_peft(dropout=0.3).base_model.model.model.layers[0].mlp.up_proj
+    levers._lora_kernel(layer, "fused")
+    x = torch.randn(3, 5, layer.in_features, requires_grad=True)
+    torch.manual_seed(7)
+    out = layer(x)
+    out.square().sum().backward()
+    torch.manual_seed(7)  # the seed the forward drew, and so its mask
+    seed = int(torch.randint(0, 2**62, (1,)))
+    keep = levers._dropout(torch.ones_like(x), 0.3, seed)  # mask / (1 - p)
+    a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    xr = x.detach().clone().requires_grad_()
+    a_ref, b_ref = a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    ref = layer.base_layer(xr) + (xr * keep) @ a_ref.t() @ b_ref.t() * layer.scaling["default"]
+    ref.square().sum().backward()
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(x.grad, xr.grad)
+    torch.testing.assert_close(a.grad, a_ref.grad)
+    torch.testing.assert_close(b.grad, b_ref.grad)
+    assert 0.5 < (keep == 0).float().mean() / 0.3 < 1.5  # the mask really drops ~30%
+
+
+def test_fused_lora_falls_back_to_peft_where_it_does_not_apply():
+    model = _tiny_peft()
+    _apply(model, lora_kernel="fused")
+    ids = torch.randint(0, 1000, (1, 8))
+    with model.disable_adapter():  # adapter off: peft's own forward, the base alone
+        off = model(input_ids=ids).logits
+    _apply(model, lora_kernel="peft")  # and the lever is undone on the same instance
+    assert not any(levers._MARK in vars(m) for m in model.modules())
+    with model.disable_adapter():
+        torch.testing.assert_close(model(input_ids=ids).logits, off)
+
+
+@pytest.mark.parametrize("mode", ["full", "selective", "none"])
+def test_checkpointing_modes_leave_loss_and_gradients_unchanged(mode):
+    model = _tiny_peft()
+    ids = torch.randint(0, 1000, (2, 16))
+    loss_ref, grads_ref = _loss_and_grads(model, ids)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    applied = _apply(model, checkpointing=mode, checkpoint_fraction=0.5)
+    assert applied["checkpointed_layers"] == {"full": 2, "selective": 1, "none": 0}[mode]
+    loss, grads = _loss_and_grads(model, ids)
+    torch.testing.assert_close(loss, loss_ref)
+    for name, grad in grads_ref.items():
+        torch.testing.assert_close(grads[name], grad)
+
+
+def test_selective_spreads_the_recomputed_layers_over_the_depth():
+    chosen = sorted(levers.spread(32, 0.75))
+    assert len(chosen) == 24 and chosen[0] == 0
+    gaps = [b - a for a, b in zip(chosen[:-1], chosen[1:], strict=True)]
+    assert max(gaps) == 2  # no run of kept layers
+    assert levers.spread(28, 0.5) == set(range(0, 28, 2))
+    assert levers.spread(2, 0.1) == {0}  # at least one
+
+
+def test_frozen_bf16_casts_only_frozen_unquantized_weights():
+    model = _tiny_peft()
+    for param in model.parameters():  # what peft's prepare_model_for_kbit_training leaves: fp32
+        param.data = param.data.float()
+    applied = _apply(model, frozen_dtype="bf16")
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert applied["frozen_cast"] == sum(p.numel() for p in frozen)
+    assert all(p.dtype == torch.bfloat16 for p in frozen)
+    assert all(p.dtype == torch.float32 for p in trainable)  # the adapter's master weights
+
+
+def test_frozen_bf16_is_exact_for_weights_that_were_bf16():
+    """The upcast weights were bf16 before prepare_model_for_kbit_training; casting back loses
+    nothing. (The loss then moves by bf16 rounding of the activations, measured on the GPU.)"""
+    model = _tiny_peft()
+    for param in model.parameters():
+        param.data = param.data.to(torch.bfloat16).float()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    _apply(model, frozen_dtype="bf16")
+    for name, param in model.named_parameters():
+        assert torch.equal(param.detach().float(), before[name])
+
+
+def test_levers_are_rejected_before_loading_where_they_cannot_run():
+    with pytest.raises(ConfigError, match="train.kernels"):
+        levers.check(TrainConfig(kernels="liger"), "cpu")
+    with pytest.raises(ConfigError, match="train.checkpointing"):
+        levers.check(TrainConfig(checkpointing="offload"), "cpu")
+    with pytest.raises(ConfigError, match="train.checkpoint_fraction"):
+        TrainConfig(checkpointing="selective", checkpoint_fraction=0)
+    with pytest.raises(ConfigError, match="train.lora_kernel"):
+        TrainConfig(lora_kernel="triton")
+
+
+@pytest.mark.parametrize("engine", ["plain", "fast", "lean", "max"])
+def test_engine_presets_compose_to_valid_trial_configs(engine):
+    cfg = to_trial_config(compose_cfg([f"engine={engine}"]))
+    plain = TrainConfig()
+    assert (cfg.train.kernels == "liger") == (engine != "plain")
+    assert cfg.train.lr == plain.lr and cfg.lora.dropout == 0.05  # math settings untouched
+
+
+def test_fused_and_selective_trial_has_the_plain_loss_curve(tmp_path):
+    """The real entry point, 4-bit on the CPU: the CPU-capable levers reproduce the plain stack's
+    loss curve (dropout 0: the masks of the two paths come from different generators)."""
+    common = [*TINY, "train.max_steps=4", "lora.dropout=0", "train.device=cpu"]
+    curves = {}
+    for name, extra in {
+        "plain": ["engine=plain"],
+        "levers": ["train.lora_kernel=fused", "train.checkpointing=selective"],
+    }.items():
+        out = tmp_path / name
+        proc = run_harness([*common, *extra, f"out_dir={out}"])
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        rec = load_json(out / "record.json")
+        assert rec["status"] == "success", rec["error"]
+        curves[name] = [p["loss"] for p in rec["loss"]["curve"]]
+    assert rec["levers"]["lora_fused"] > 0 and rec["levers"]["checkpointed_layers"] == 1
+    # Adam's first steps amplify float rounding: two plain runs on the CPU already differ by ~3e-5
+    assert curves["levers"] == pytest.approx(curves["plain"], rel=1e-3)
+
+
+@requires_cuda
+def test_liger_kernels_match_hf_modules_on_cuda():
+    model = _tiny_peft().cuda()
+    ids = torch.randint(0, 1000, (2, 32), device="cuda")
+    loss_ref, grads_ref = _loss_and_grads(model, ids)
+    applied = _apply(model, kernels="liger")
+    assert applied["liger_rmsnorm"] == 5 and applied["liger_swiglu"] == 2
+    loss, grads = _loss_and_grads(model, ids)
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-5)
+    for name, grad in grads_ref.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-3, atol=1e-6)
+
+
+@requires_cuda
+def test_offload_trial_has_the_plain_loss_curve_on_cuda(tmp_path):
+    common = [*TINY, "train.max_steps=4", "lora.dropout=0", "train.device=cuda"]
+    curves = {}
+    for name in ("full", "offload"):
+        out = tmp_path / name
+        proc = run_harness([*common, f"train.checkpointing={name}", f"out_dir={out}"])
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        curves[name] = [p["loss"] for p in load_json(out / "record.json")["loss"]["curve"]]
+    # as on the CPU: float rounding amplified by Adam, ~1e-4
+    assert curves["offload"] == pytest.approx(curves["full"], rel=1e-3)
