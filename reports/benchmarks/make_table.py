@@ -1,0 +1,104 @@
+"""The benchmark table and plot from the records of the speed sweeps (reports/benchmarks/results/).
+
+    .venv/bin/python reports/benchmarks/make_table.py   # -> table.md, speed_memory.png
+
+Ratios are taken only against the plain stack of the SAME sweep process (same GPU, data, seed);
+a sweep without a plain row gets no ratio.
+"""
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SWEEPS = ("b4_presets", "b4_factorial", "b4_fraction", "b4_fp4", "b1_presets", "qwen_b4",
+          "qwen_b1", "smollm2_b4")  # fmt: skip
+LEVERS = {"kernels": "liger", "lora_kernel": "fused", "frozen_dtype": "bf16"}
+
+
+def setting(rec: dict) -> str:
+    """A short name of the levers a record ran with: 'plain' or e.g. 'liger+bf16, sel 0.875'."""
+    t, lora = rec["config"]["train"], rec["config"]["lora"]
+    on = [v for k, v in LEVERS.items() if t[k] == v]
+    ckpt = {"full": "", "none": "no ckpt", "offload": "offload",
+            "selective": f"sel {t['checkpoint_fraction']}"}[t["checkpointing"]]  # fmt: skip
+    name = "+".join(on) or "plain"
+    name += f", {ckpt}" if ckpt else ""
+    name += ", dropout 0" if lora["dropout"] == 0 else ""
+    engine = (rec.get("choices") or {}).get("engine")
+    return f"{name} (engine={engine})" if engine and engine != "plain" and _is_preset(rec) else name
+
+
+def _is_preset(rec: dict) -> bool:
+    over = " ".join(rec.get("overrides") or [])
+    return not any(f"train.{k}=" in over for k in (*LEVERS, "checkpoint_fraction"))
+
+
+def rows() -> list[dict]:
+    out = []
+    for sweep in SWEEPS:
+        recs = [json.loads(p.read_text()) for p in sorted((HERE / "results" / sweep).glob("*.json"))
+                if p.name != "wall.json"]  # fmt: skip
+        plain = {r["config"]["lora"]["dropout"]: r for r in recs if setting(r).startswith("plain")}
+        for r in recs:
+            tp, c = r["throughput"], r["config"]
+            ref = plain.get(c["lora"]["dropout"]) or plain.get(0.05)
+            out.append({
+                "sweep": sweep, "setting": setting(r),
+                "shape": c["model"]["shape"] or c["model"]["name"],
+                "batch": c["train"]["batch_size"], "quant": c["quant"]["type"],
+                "steps": tp["timed_steps"], "tokens_per_s": tp["padded_tokens_per_s"],
+                "step_s": tp["step_time_median_s"], "mfu": tp["mfu"], "hfu": tp["hfu"],
+                "reserved_gib": r["peak_vram_reserved_gib"],
+                "speed_x": tp["padded_tokens_per_s"] / ref["throughput"]["padded_tokens_per_s"]
+                if ref else None,
+                "memory_x": r["peak_vram_reserved_gib"] / ref["peak_vram_reserved_gib"]
+                if ref else None,
+                "final_loss": r["loss"]["final_train"],
+            })  # fmt: skip
+    return out
+
+
+def markdown(table: list[dict]) -> str:
+    head = (
+        "| sweep | setting | shape | batch | quant | tokens/s | step s (median) | MFU "
+        "| HFU | peak reserved GiB | speed vs plain | memory vs plain |\n|" + "---|" * 12
+    )
+    lines = [head]
+    for r in table:
+        ratio = (f"{r['speed_x']:.2f}x", f"{r['memory_x']:.2f}x") if r["speed_x"] else ("-", "-")
+        lines.append(
+            f"| {r['sweep']} | {r['setting']} | {r['shape']} | {r['batch']} | {r['quant']} "
+            f"| {r['tokens_per_s']:,.0f} | {r['step_s']:.3f} | {r['mfu']:.1%} | {r['hfu']:.1%} "
+            f"| {r['reserved_gib']:.2f} | {ratio[0]} | {ratio[1]} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(table: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for sweep, marker in (("b4_presets", "o"), ("b4_factorial", "s"), ("b4_fraction", "^")):
+        pts = [r for r in table if r["sweep"] == sweep]
+        ax.scatter([r["reserved_gib"] for r in pts], [r["tokens_per_s"] for r in pts],
+                   marker=marker, label=sweep)  # fmt: skip
+        for r in pts:
+            ax.annotate(r["setting"].split(" (")[0], (r["reserved_gib"], r["tokens_per_s"]),
+                        fontsize=6, xytext=(3, 3), textcoords="offset points")  # fmt: skip
+    ax.set(xlabel="peak reserved VRAM, train phase (GiB)", ylabel="tokens/s (all tokens)",
+           title="llama3-8b shape, nf4, seq 2048, batch 4, H100")  # fmt: skip
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+
+
+if __name__ == "__main__":
+    table = rows()
+    (HERE / "table.md").write_text(markdown(table))
+    plot(table, HERE / "speed_memory.png")
+    (HERE / "table.json").write_text(json.dumps(table, indent=1))
+    print(markdown(table))
