@@ -136,3 +136,31 @@ def test_summary_columns_come_from_the_overrides():
 )
 def test_sweep_keys(overrides, keys):
     assert sweep_keys(overrides) == keys
+
+
+def test_pooled_base_trains_like_a_fresh_one(tmp_path):
+    """Job 2 reuses job 1's NF4 base after its held-out evals: its first training loss (before any
+    update) must match job 1's. The embedded model: bitsandbytes' CPU repack at eval, which
+    corrupted later training, applies to its shapes (not to tiny-llama's)."""
+    sweep = tmp_path / "sweep"
+    proc = run_harness(
+        [
+            "-m",
+            "lora.dropout=0.0,0.0",
+            "train.max_steps=2",
+            "train.batch_size=2",
+            "data.num_train=8",
+            "data.num_heldout=2",
+            "data.max_seq_len=64",
+            "eval.tasks=[]",
+            "train.save_adapter=false",
+            "train.eval_every_steps=1",
+            f"hydra.sweep.dir={sweep}",
+            NO_REPORT,
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fresh, pooled = (load_json(sweep / str(i) / "record.json") for i in (0, 1))
+    assert pooled["timings_s"]["load"] < fresh["timings_s"]["load"]  # it really was reused
+    first = [r["loss"]["curve"][0]["loss"] for r in (fresh, pooled)]
+    assert first[1] == pytest.approx(first[0], rel=1e-4)
