@@ -284,3 +284,31 @@ def test_every_named_sweep_loads_and_composes():
                 check_study(spec, spec.overrides)
             continue
         check_study(spec, spec.overrides)
+
+
+def test_multi_objective_nsga2_reports_the_feasible_pareto_set(tmp_path):
+    """Minimize held-out loss and peak RSS (VRAM on a GPU) under a constraint only rank 4
+    meets; the Pareto set written matches Optuna's own `best_trials` (which honours it)."""
+    spec = write_spec(
+        tmp_path,
+        "mo",
+        n_trials=4,
+        sampler={"name": "nsga2", "seed": 0, "population_size": 2},
+        objectives=[
+            {"metric": "loss.eval", "direction": "minimize"},
+            {"metric": "peak_rss_gib", "direction": "minimize"},
+        ],
+        constraints=["params.trainable <= 10000"],  # r=4: 8192 adapter params; r=8: 16384
+        space={"lora.r": [4, 8]},
+    )
+    proc = run_study(spec, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = load(tmp_path, "mo")
+    for t in study.trials:
+        assert t.constraints == {
+            "params.trainable <= 10000": t.user_attrs["params_trainable"] - 1e4
+        }
+    front = pd.read_csv(tmp_path / "studies" / "mo" / "pareto.csv")
+    assert len(front) >= 1 and set(front["lora.r"]) == {4} and front["feasible"].all()
+    assert sorted(front["trial"]) == sorted(t.number for t in study.best_trials)
+    assert "Pareto set (minimize loss.eval, minimize peak_rss_gib)" in proc.stdout

@@ -164,3 +164,25 @@ def test_pooled_base_trains_like_a_fresh_one(tmp_path):
     assert pooled["timings_s"]["load"] < fresh["timings_s"]["load"]  # it really was reused
     first = [r["loss"]["curve"][0]["loss"] for r in (fresh, pooled)]
     assert first[1] == pytest.approx(first[0], rel=1e-4)
+
+
+def test_joblib_launcher_grid_writes_the_same_summary(tmp_path):
+    """`hydra/launcher=joblib` (pip install hydra-joblib-launcher): jobs in worker processes,
+    the summary still written once by the parent."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    sweep = tmp_path / "sweep"
+    proc = run_harness(
+        [
+            "-m",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            "lora.r=4,8",
+            *TINY,
+            "train.max_steps=2",
+            f"hydra.sweep.dir={sweep}",
+            NO_REPORT,
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    frame = pd.read_csv(sweep / "summary.csv")
+    assert list(frame["lora.r"]) == [4, 8] and set(frame["status"]) == {"success"}
