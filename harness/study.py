@@ -21,7 +21,9 @@ import warnings
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 import torch
+from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 from optuna.trial import TrialState
 
@@ -30,6 +32,7 @@ from harness.study_report import summarize
 from harness.study_run import compose_trial, record_attrs, run_in_process, run_isolated
 from harness.study_spec import (
     StudySpec,
+    hydra_value,
     load_spec,
     make_pruner,
     make_sampler,
@@ -214,8 +217,6 @@ def check_study(spec: StudySpec, base: list[str]) -> None:
         k: (v[0] if isinstance(v, list) else v.get("choices", [v.get("low")])[0])
         for k, v in spec.space.items()
     }
-    from harness.study_spec import hydra_value
-
     cfg, _ = compose_trial([*base, *(f"{k}={hydra_value(v)}" for k, v in first.items())])
     if spec.pruned and cfg.train.eval_every_steps <= 0:
         raise ConfigError(
@@ -231,8 +232,7 @@ def check_study(spec: StudySpec, base: list[str]) -> None:
             vram[0],
             "VRAM is measured on CUDA only; use peak_rss_gib on the CPU",
         )
-    random = cfg.model.source == "random"
-    if random and any(o.metric == "score" for o in spec.objectives):
+    if cfg.model.source == "random" and any(o.metric == "score" for o in spec.objectives):
         raise ConfigError(
             "objectives.metric",
             "score",
@@ -272,8 +272,11 @@ def main(argv: list[str] | None = None) -> int:
             isolate=args.isolate,
             report=not args.no_report,
         )
-    except (ConfigError, OmegaConfBaseException) as e:
+    except (ConfigError, OmegaConfBaseException, HydraException) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as e:  # a bad or unreachable --storage
+        print(f"error: cannot open the study storage: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     try:
         return driver.run()
