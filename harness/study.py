@@ -22,17 +22,15 @@ from pathlib import Path
 
 import optuna
 import sqlalchemy
-import torch
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 from optuna.trial import TrialState
 
 from harness.errors import ConfigError
 from harness.study_report import summarize
-from harness.study_run import compose_trial, record_attrs, run_in_process, run_isolated
+from harness.study_run import check_study, record_attrs, run_in_process, run_isolated
 from harness.study_spec import (
     StudySpec,
-    hydra_value,
     load_spec,
     make_pruner,
     make_sampler,
@@ -208,36 +206,6 @@ class Driver:
             for t in res
             if t.number >= self.first_number
         ]
-
-
-def check_study(spec: StudySpec, base: list[str]) -> None:
-    """Compose the base config with the first value of every searched key: a typo in a key, a
-    missing eval_every_steps for the pruner or an unmeasurable objective fails now, not later."""
-    first = {
-        k: (v[0] if isinstance(v, list) else v.get("choices", [v.get("low")])[0])
-        for k, v in spec.space.items()
-    }
-    cfg, _ = compose_trial([*base, *(f"{k}={hydra_value(v)}" for k, v in first.items())])
-    if spec.pruned and cfg.train.eval_every_steps <= 0:
-        raise ConfigError(
-            "train.eval_every_steps",
-            0,
-            "> 0 for the pruner: it prunes on the held-out loss reported every eval_every_steps",
-        )
-    cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
-    vram = [o.metric for o in spec.objectives if o.metric.startswith("peak_vram")]
-    if vram and not cuda:
-        raise ConfigError(
-            "objectives.metric",
-            vram[0],
-            "VRAM is measured on CUDA only; use peak_rss_gib on the CPU",
-        )
-    if cfg.model.source == "random" and any(o.metric == "score" for o in spec.objectives):
-        raise ConfigError(
-            "objectives.metric",
-            "score",
-            "random-weight models have no score; use loss.eval (minimize)",
-        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,13 +16,15 @@ import traceback
 from pathlib import Path
 
 import optuna
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 from harness.cli import CONF_DIR  # also registers the typed schema with Hydra
 from harness.config import TrialConfig, to_trial_config
+from harness.errors import ConfigError
 from harness.record import read_record
-from harness.study_spec import StudySpec, load_spec, make_pruner
+from harness.study_spec import StudySpec, hydra_value, load_spec, make_pruner
 from harness.sweep import get_path
 
 # Flat user attrs (the names harness.report reads back from a study), dotted record paths.
@@ -54,6 +56,36 @@ def compose_trial(overrides: list[str]) -> tuple[TrialConfig, dict]:
     with open_dict(dcfg):
         del dcfg["hydra"]
     return to_trial_config(dcfg), choices
+
+
+def check_study(spec: StudySpec, base: list[str]) -> None:
+    """Compose the base config with the first value of every searched key: a typo in a key, a
+    missing eval_every_steps for the pruner or an unmeasurable objective fails now, not later."""
+    first = {
+        k: (v[0] if isinstance(v, list) else v.get("choices", [v.get("low")])[0])
+        for k, v in spec.space.items()
+    }
+    cfg, _ = compose_trial([*base, *(f"{k}={hydra_value(v)}" for k, v in first.items())])
+    if spec.pruned and cfg.train.eval_every_steps <= 0:
+        raise ConfigError(
+            "train.eval_every_steps",
+            0,
+            "> 0 for the pruner: it prunes on the held-out loss reported every eval_every_steps",
+        )
+    cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
+    vram = [o.metric for o in spec.objectives if o.metric.startswith("peak_vram")]
+    if vram and not cuda:
+        raise ConfigError(
+            "objectives.metric",
+            vram[0],
+            "VRAM is measured on CUDA only; use peak_rss_gib on the CPU",
+        )
+    if cfg.model.source == "random" and any(o.metric == "score" for o in spec.objectives):
+        raise ConfigError(
+            "objectives.metric",
+            "score",
+            "random-weight models have no score; use loss.eval (minimize)",
+        )
 
 
 def pruning_callback(trial: optuna.Trial, spec: StudySpec):
