@@ -118,9 +118,10 @@ def _pipeline(cfg, plan, rec, mem, clock, out_dir, on_eval, pool) -> None:
         rec["loss"] = {"curve": curve, "final_train": curve[-1]["loss"] if curve else None,
                        "eval_curve": meter.eval_curve}  # fmt: skip
     if meter.stop_reason:
-        raise (Pruned if meter.stop_reason.startswith("pruned") else NonFiniteLoss)(
-            meter.stop_reason
-        )
+        pruned = meter.stop_reason.startswith("pruned")
+        if pruned and pool:  # the frozen base is unharmed: keep it for the next trial
+            pool.put(cfg.model, cfg.quant, plan.device, models.detach_adapter(model))
+        raise (Pruned if pruned else NonFiniteLoss)(meter.stop_reason)
     # 4. evaluate: held-out loss, then lm-eval after (adapter on) and before (adapter off, cached)
     with mem.phase("eval"), clock("eval"):
         eval_loss = trainer.evaluate()["eval_loss"]
