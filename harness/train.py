@@ -190,7 +190,7 @@ def build_trainer(
         optim=HF_OPTIM[optim_used],
         weight_decay=weight_decay,
         logging_steps=tcfg.logging_steps,
-        logging_nan_inf_filter=False,  # a NaN must reach the log (and stop the trial), not be hidden
+        logging_nan_inf_filter=False,  # a NaN must reach the log and stop the trial
         eval_strategy="steps" if tcfg.eval_every_steps else "no",
         eval_steps=tcfg.eval_every_steps or None,
         save_strategy="no",
