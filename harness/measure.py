@@ -28,7 +28,6 @@ class PhaseMemory:
         self.device = device
         self.kind = "cuda" if device.startswith("cuda") else "cpu_rss"
         self.phases: dict[str, dict[str, float]] = {}
-        self.current: str | None = None
         self.failed_phase: str | None = None
         self._rss_peak = 0
         self._stop = threading.Event()
@@ -36,7 +35,6 @@ class PhaseMemory:
     @contextmanager
     def phase(self, name: str):
         """Measure the peak of everything inside the block; the value is kept even if it raises."""
-        self.current = name
         sampler = self._start()
         try:
             yield
@@ -45,7 +43,6 @@ class PhaseMemory:
             raise
         finally:
             self.phases[name] = self._read(sampler)
-            self.current = None
 
     def _start(self) -> threading.Thread | None:
         if self.kind == "cuda":
@@ -74,15 +71,6 @@ class PhaseMemory:
         sampler.join()
         rss = max(self._rss_peak, psutil.Process().memory_info().rss)
         return {"peak_rss_gib": rss / GIB}
-
-    def snapshot(self) -> dict[str, float]:
-        """Peak so far in the current phase (for an OOM record)."""
-        if self.kind == "cuda":
-            return {
-                "peak_allocated_gib": torch.cuda.max_memory_allocated() / GIB,
-                "peak_reserved_gib": torch.cuda.max_memory_reserved() / GIB,
-            }
-        return {"peak_rss_gib": max(self._rss_peak, psutil.Process().memory_info().rss) / GIB}
 
 
 def sync(device: str) -> None:

@@ -2,6 +2,7 @@
 curve, held-out loss checkpoints (for pruning), non-finite loss detection, injected faults."""
 
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -123,11 +124,11 @@ class MeasureCallback(TrainerCallback):
         if state.global_step == 1:
             self._inject()
         sync(self.device)
-        self._t0 = _now()
+        self._t0 = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kw):
         sync(self.device)
-        self.step_times_s.append(_now() - self._t0)
+        self.step_times_s.append(time.perf_counter() - self._t0)
         loss_tokens, padded, samples = self.collator.take()
         self.loss_tokens.append(loss_tokens)
         self.padded_tokens.append(padded)
@@ -142,6 +143,7 @@ class MeasureCallback(TrainerCallback):
                 control.should_training_stop = True
 
     def on_evaluate(self, args, state, control, metrics=None, **kw):
+        self.collator.take()  # held-out batches went through the collator: not training tokens
         loss = (metrics or {}).get("eval_loss")
         if loss is None:
             return
@@ -156,12 +158,6 @@ class MeasureCallback(TrainerCallback):
         if self.inject_fault == "nan":
             with torch.no_grad():  # poison one adapter weight: the next loss is NaN
                 next(p for p in self._model.parameters() if p.requires_grad).fill_(float("nan"))
-
-
-def _now() -> float:
-    import time
-
-    return time.perf_counter()
 
 
 def build_trainer(

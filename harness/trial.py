@@ -14,6 +14,7 @@ import logging
 import math
 import traceback
 import uuid
+from contextlib import nullcontext
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -165,21 +166,13 @@ def _generations(model, tokenizer, plan, cfg) -> list[dict]:
         ids = tokenizer(row["text"], return_tensors="pt", add_special_tokens=False).to(plan.device)
         gen = {}
         for label in ("base", "tuned"):
-            with torch.no_grad(), model.disable_adapter() if label == "base" else _null():
+            with torch.no_grad(), model.disable_adapter() if label == "base" else nullcontext():
                 o = model.generate(**ids, max_new_tokens=24, do_sample=False)
             gen[label] = tokenizer.decode(
                 o[0, ids["input_ids"].shape[1] :], skip_special_tokens=True
             )
         out.append({"prompt": row["text"], "expected": row["answer"], **gen})
     return out
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False
 
 
 def _score(rec: dict) -> float | None:
