@@ -2,8 +2,8 @@
 `attach_adapter`; every call sets the state of every lever from the config, so a base reused from
 a sweep's pool never carries the previous trial's choice.
 
-    train.kernels=liger           Liger's Triton RMSNorm and SwiGLU (CUDA + triton)
-    train.lora_kernel=fused       the LoRA branch as one autograd op (`_LoraBranch`)
+    train.kernels=liger           Liger's Triton RMSNorm, SwiGLU and RoPE (CUDA + triton)
+    train.lora_kernel=fused       each adapted Linear as one autograd op (harness/lora_op.py)
     train.frozen_dtype=bf16       undo peft's fp32 upcast of embeddings, norms and head
     train.checkpointing=selective recompute train.checkpoint_fraction of the decoder layers
     train.checkpointing=offload   recompute every layer, layer inputs parked in host memory (TRL)
@@ -17,6 +17,7 @@ import types
 import torch
 from torch import nn
 
+from harness import lora_op
 from harness.config import TrainConfig
 from harness.errors import ConfigError
 
@@ -90,7 +91,29 @@ def _kernels(model, kernels: str) -> dict:
         if kernels == "liger":
             _bind(module, _liger_rmsnorm if is_norm else _liger_swiglu, "liger")
             norms, mlps = norms + is_norm, mlps + is_mlp
-    return {"liger_rmsnorm": norms, "liger_swiglu": mlps}
+    return {"liger_rmsnorm": norms, "liger_swiglu": mlps, "liger_rope": _rope(kernels)}
+
+
+# HF's decoder modules call their module-level apply_rotary_pos_emb; Liger's RoPE kernel has the
+# same signature and math (rotate-half convention) and rotates q and k in place, in one pass.
+_ROPE_MODULES = ("llama", "qwen2", "mistral")
+_HF_ROPE: dict[str, object] = {}
+
+
+def _rope(kernels: str) -> int:
+    import importlib
+
+    n = 0
+    for family in _ROPE_MODULES:
+        mod = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
+        original = _HF_ROPE.setdefault(family, mod.apply_rotary_pos_emb)
+        if kernels == "liger":
+            from liger_kernel.transformers.rope import liger_rotary_pos_emb
+
+            mod.apply_rotary_pos_emb, n = liger_rotary_pos_emb, n + 1
+        else:
+            mod.apply_rotary_pos_emb = original
+    return n
 
 
 def _liger_rmsnorm(self, hidden_states):
@@ -137,63 +160,25 @@ def _single_plain_adapter(layer, kwargs) -> str | None:
 
 def _fused_lora_forward(self, x, *args, **kwargs):
     name = _single_plain_adapter(self, kwargs)
-    if name is None:
+    if name is None or not lora_op.supported_base(self.base_layer):
         return type(self).forward(self, x, *args, **kwargs)
-    result = self.base_layer(x, *args, **kwargs)
     a, b = self.lora_A[name].weight, self.lora_B[name].weight
     drop = self.lora_dropout[name]
     p = drop.p if isinstance(drop, nn.Dropout) and drop.training else 0.0
     # Drawn from the CPU generator, which activation checkpointing restores before it recomputes
-    # a layer, so the recomputed branch regenerates the same mask.
-    seed = int(torch.randint(0, 2**62, (1,))) if p else 0
+    # a layer, so the recomputed layer regenerates the same mask.
+    seed = int(torch.randint(0, 2**31 - 1, (1,))) if p else 0
+    # peft's matmuls: the adapter's in the autocast dtype (else its weights' dtype); the base in
+    # bitsandbytes' compute dtype (a 16-bit base: the autocast dtype, else its weight's)
     autocast = torch.is_autocast_enabled(x.device.type)
-    # peft's matmuls run in the autocast dtype; without autocast, in the adapter's dtype, with the
-    # branch cast back to the base output's dtype
     dtype = torch.get_autocast_dtype(x.device.type) if autocast else a.dtype
-    branch = _LoraBranch.apply(x, a, b, float(self.scaling[name]), p, seed, dtype)
-    return result + (branch if autocast else branch.to(result.dtype))
-
-
-def _dropout(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
-    if not p:
-        return x
-    gen = torch.Generator(device=x.device)
-    gen.manual_seed(seed)
-    keep = torch.empty_like(x).bernoulli_(1.0 - p, generator=gen)
-    return x * keep * (1.0 / (1.0 - p))
-
-
-class _LoraBranch(torch.autograd.Function):
-    """scale * B(A(dropout(x))), the same math as peft's Linear4bit under autocast, in one op.
-
-    Why it is faster and leaner than peft's three modules: it saves only x (a tensor the layer's
-    other branches hold anyway) and a [tokens, r] tensor, where peft saves dropout(x) per adapted
-    Linear (7 per llama layer, plus a mask each); the mask is regenerated from a seed in backward;
-    fp32 adapter weights are cast to the compute dtype once per call instead of routing the
-    activations through fp32; and there is no defensive clone of the base output.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight_a, weight_b, scale, p, seed, dtype):
-        a, b = weight_a.to(dtype), weight_b.to(dtype)
-        h = (_dropout(x.to(dtype), p, seed) @ a.t()) * scale  # [..., r], scale folded in here
-        ctx.save_for_backward(x, a, b, h)
-        ctx.p, ctx.seed, ctx.scale, ctx.dtype = p, seed, scale, dtype
-        ctx.weight_dtypes = (weight_a.dtype, weight_b.dtype)
-        return h @ b.t()
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        x, a, b, h = ctx.saved_tensors
-        g = grad_y.to(ctx.dtype).reshape(-1, grad_y.shape[-1])  # [N, out]
-        grad_b = g.t() @ h.reshape(-1, h.shape[-1])  # [out, r]
-        grad_h = (g @ b) * ctx.scale  # [N, r]
-        xd = _dropout(x.to(ctx.dtype), ctx.p, ctx.seed).reshape(-1, x.shape[-1])
-        grad_a = grad_h.t() @ xd  # [r, in]
-        del xd
-        grad_x = _dropout((grad_h @ a).view(x.shape), ctx.p, ctx.seed).to(x.dtype)
-        dtype_a, dtype_b = ctx.weight_dtypes
-        return grad_x, grad_a.to(dtype_a), grad_b.to(dtype_b), None, None, None, None
+    base = self.base_layer
+    base_dtype = dtype if autocast else base.weight.dtype
+    if base.weight.__class__.__name__ == "Params4bit":
+        base_dtype = base.compute_dtype or x.dtype
+    return lora_op.LoraLinear.apply(
+        x, a, b, base, float(self.scaling[name]), p, seed, dtype, base_dtype
+    )
 
 
 def spread(n: int, fraction: float) -> set[int]:

@@ -1,0 +1,130 @@
+"""Triton kernels for LoRA dropout (train.lora_kernel=fused on CUDA): the dropout mask is never
+stored and never written as a tensor. It is a pure function of (seed, row * in_features + col)
+(Philox, `tl.rand`), drawn inside the three kernels that read the layer input:
+
+    lora_a_forward   h  = c * (x ⊙ m) @ Aᵀ            [N, r]   one read of x
+    lora_a_grad      gA = gHᵀ @ (x ⊙ m)               [r, K]   one read of x (split over N)
+    lora_x_grad_add  gX += m ⊙ (gH @ A)               [N, K]   one read + one write of gX
+
+where m[n, k] = rand(seed, n*K + k) >= p. peft's nn.Dropout path writes the mask and x ⊙ m / (1-p)
+for each of the 7 adapted Linear layers of a llama block (6 passes over x per layer forward, more
+in backward); these kernels read x once per use. The 1/(1-p) and the LoRA scale are folded into
+`c` (forward) and into gH (backward), so the math is peft's up to bf16 rounding.
+
+Tested on the CPU through Triton's interpreter (TRITON_INTERPRET=1, tests/test_lora_op.py).
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _lora_a_fwd(x_ptr, a_ptr, h_ptr, N, R, sxn, sar, seed, p, c, K: tl.constexpr,
+                BM: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr):  # fmt: skip
+    rn = tl.program_id(0) * BM + tl.arange(0, BM)
+    rr = tl.arange(0, BR)
+    acc = tl.zeros((BM, BR), dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        rk = k0 + tl.arange(0, BK)
+        inside = (rn[:, None] < N) & (rk[None, :] < K)
+        x = tl.load(x_ptr + rn[:, None] * sxn + rk[None, :], mask=inside, other=0.0)
+        keep = tl.rand(seed, rn[:, None] * K + rk[None, :]) >= p
+        x = tl.where(keep, x, 0.0)
+        a_mask = (rk[:, None] < K) & (rr[None, :] < R)
+        at = tl.load(a_ptr + rr[None, :] * sar + rk[:, None], mask=a_mask, other=0.0)  # [BK, BR]
+        acc += tl.dot(x, at)
+    out_mask = (rn[:, None] < N) & (rr[None, :] < R)
+    tl.store(h_ptr + rn[:, None] * R + rr[None, :], (acc * c).to(h_ptr.dtype.element_ty),
+             mask=out_mask)  # fmt: skip
+
+
+@triton.jit
+def _lora_a_grad(gh_ptr, x_ptr, ws_ptr, N, K, R, sxn, seed, p, ROWS: tl.constexpr,
+                 BN: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr):  # fmt: skip
+    rk = tl.program_id(0) * BK + tl.arange(0, BK)
+    split = tl.program_id(1)
+    rr = tl.arange(0, BR)
+    acc = tl.zeros((BR, BK), dtype=tl.float32)
+    for n0 in range(0, ROWS, BN):
+        rn = split * ROWS + n0 + tl.arange(0, BN)
+        inside = (rn[:, None] < N) & (rk[None, :] < K)
+        x = tl.load(x_ptr + rn[:, None] * sxn + rk[None, :], mask=inside, other=0.0)
+        keep = tl.rand(seed, rn[:, None] * K + rk[None, :]) >= p
+        x = tl.where(keep, x, 0.0)
+        g_mask = (rn[:, None] < N) & (rr[None, :] < R)
+        gh = tl.load(gh_ptr + rn[:, None] * R + rr[None, :], mask=g_mask, other=0.0)  # [BN, BR]
+        acc += tl.dot(tl.trans(gh), x)
+    ws_mask = (rr[:, None] < R) & (rk[None, :] < K)
+    tl.store(ws_ptr + split * R * K + rr[:, None] * K + rk[None, :], acc, mask=ws_mask)
+
+
+@triton.jit
+def _lora_x_grad_add(gx_ptr, gh_ptr, a_ptr, N, K, R, sgn, sar, seed, p,
+                     BM: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr):  # fmt: skip
+    rn = tl.program_id(0) * BM + tl.arange(0, BM)
+    rk = tl.program_id(1) * BK + tl.arange(0, BK)
+    rr = tl.arange(0, BR)
+    gh = tl.load(gh_ptr + rn[:, None] * R + rr[None, :],
+                 mask=(rn[:, None] < N) & (rr[None, :] < R), other=0.0)  # fmt: skip
+    a = tl.load(a_ptr + rr[:, None] * sar + rk[None, :],
+                mask=(rr[:, None] < R) & (rk[None, :] < K), other=0.0)  # fmt: skip
+    t = tl.dot(gh, a)  # [BM, BK]
+    keep = tl.rand(seed, rn[:, None] * K + rk[None, :]) >= p
+    inside = (rn[:, None] < N) & (rk[None, :] < K)
+    ptrs = gx_ptr + rn[:, None] * sgn + rk[None, :]
+    gx = tl.load(ptrs, mask=inside, other=0.0)
+    out = gx.to(tl.float32) + tl.where(keep, t, 0.0)
+    tl.store(ptrs, out.to(gx_ptr.dtype.element_ty), mask=inside)
+
+
+def _br(r: int) -> int:
+    return max(16, triton.next_power_of_2(r))
+
+
+def _check(x: torch.Tensor) -> None:
+    if x.stride(-1) != 1:
+        raise ValueError("lora kernels need a row-contiguous [N, K] input")
+    if x.shape[0] * x.shape[1] >= 2**31:
+        raise ValueError(f"lora dropout offsets overflow int32 for {tuple(x.shape)}")
+
+
+def lora_a_forward(x: torch.Tensor, a: torch.Tensor, p: float, seed: int, c: float):
+    """c * (x ⊙ m) @ aᵀ for x [N, K], a [r, K] (same dtype); returns [N, r] in x's dtype."""
+    _check(x)
+    n, k = x.shape
+    r = a.shape[0]
+    h = torch.empty(n, r, device=x.device, dtype=x.dtype)
+    bm, bk = 32, 128
+    _lora_a_fwd[(triton.cdiv(n, bm),)](
+        x, a, h, n, r, x.stride(0), a.stride(0), seed, p, c, K=k, BM=bm, BK=bk, BR=_br(r)
+    )
+    return h
+
+
+def lora_a_grad(gh: torch.Tensor, x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    """ghᵀ @ (x ⊙ m) for gh [N, r] (x's dtype, contiguous), x [N, K]; returns [r, K] in fp32."""
+    _check(x)
+    n, k = x.shape
+    r = gh.shape[1]
+    bn, bk = 64, 128
+    rows = 1024 if n >= 4096 else 256  # rows per program (a constexpr: one compile per size)
+    splits = triton.cdiv(n, rows)
+    ws = torch.empty(splits, r, k, device=x.device, dtype=torch.float32)
+    _lora_a_grad[(triton.cdiv(k, bk), splits)](
+        gh, x, ws, n, k, r, x.stride(0), seed, p, ROWS=rows, BN=bn, BK=bk, BR=_br(r)
+    )
+    return ws.sum(0)
+
+
+def lora_x_grad_add(gx: torch.Tensor, gh: torch.Tensor, a: torch.Tensor, p: float, seed: int):
+    """gx += m ⊙ (gh @ a), in place, for gx [N, K], gh [N, r] (contiguous), a [r, K]."""
+    _check(gx)
+    n, k = gx.shape
+    r = gh.shape[1]
+    bm, bk = 64, 128
+    grid = (triton.cdiv(n, bm), triton.cdiv(k, bk))
+    _lora_x_grad_add[grid](
+        gx, gh, a, n, k, r, gx.stride(0), a.stride(0), seed, p, BM=bm, BK=bk, BR=_br(r)
+    )
+    return gx

@@ -1,0 +1,152 @@
+"""Where a training step's GPU time goes, per engine setting: runs the harness's own trial
+(`run_trial`, one sweep pool) for each variant and profiles two steps with torch.profiler,
+grouping kernel time into GEMM / attention / 4-bit dequant / LoRA dropout (ours) / Liger /
+elementwise / reduction / copy / other. Also times pinned host<->device copies (what offloading
+would pay). Used to choose levers; the benchmark itself is sweeps/speed.yaml.
+
+    python reports/benchmarks/profile_step.py --out $OUT/profile.json \
+        "engine=plain" "engine=max train.lora_kernel=peft" ...
+"""
+
+import argparse
+import json
+import re
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+COMMON = ["eval.tasks=[]", "data.max_seq_len=2048", "data.packing=true",
+          "data.packing_strategy=wrapped", "data.num_train=10000", "train.save_adapter=false",
+          "train.device=cuda", "model=llama3-8b", "train.batch_size=4", "train.max_steps=8",
+          "train.timing_warmup_steps=3"]  # fmt: skip
+GROUPS = [
+    ("gemm", r"gemm|sm90_|cutlass|cublas|ampere_|xmma|nvjet|splitK"),
+    ("attention", r"flash|fmha|attention|efficient"),
+    ("dequant", r"kDequantize|dequantize|kgetItemsPerThread"),
+    ("lora_triton", r"_lora_"),
+    ("liger", r"liger|_rms_norm|_swiglu|_rope|_triton_rope|silu"),
+    ("elementwise", r"elementwise|vectorized|unrolled|CatArrayBatched|where|bernoulli|fill"),
+    ("reduce", r"reduce|norm|softmax|cross_entropy|nll|log_softmax"),
+    ("copy", r"copy|memcpy|Memcpy|transpose"),
+]
+
+
+def group(name: str) -> str:
+    for label, pattern in GROUPS:
+        if re.search(pattern, name, re.IGNORECASE):
+            return label
+    return "other"
+
+
+class Profile(TrainerCallback):
+    def __init__(self, start: int, steps: int):
+        self.start, self.steps, self.prof, self.t0, self.wall = start, steps, None, 0.0, 0.0
+
+    def on_step_begin(self, args, state, control, **kw):
+        if state.global_step == self.start:
+            torch.cuda.synchronize()
+            self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+            self.prof.__enter__()
+            self.t0 = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.prof is not None and state.global_step == self.start + self.steps:
+            torch.cuda.synchronize()
+            self.wall = time.perf_counter() - self.t0
+            self.prof.__exit__(None, None, None)
+
+    def summary(self) -> dict:
+        by_group, by_kernel = defaultdict(float), defaultdict(lambda: [0.0, 0])
+        for evt in self.prof.key_averages():
+            t = evt.self_device_time_total / 1e3  # ms
+            if t <= 0:
+                continue
+            by_group[group(evt.key)] += t / self.steps
+            by_kernel[evt.key][0] += t / self.steps
+            by_kernel[evt.key][1] += evt.count // self.steps
+        busy = sum(by_group.values())
+        top = sorted(by_kernel.items(), key=lambda kv: -kv[1][0])[:25]
+        return {
+            "wall_ms_per_step": 1e3 * self.wall / self.steps,
+            "kernel_ms_per_step": busy,
+            "groups_ms_per_step": dict(sorted(by_group.items(), key=lambda kv: -kv[1])),
+            "top_kernels": [{"name": k[:140], "ms": v[0], "calls": v[1]} for k, v in top],
+        }
+
+
+def host_copy_gbps() -> dict:
+    n = 1 << 30
+    dev = torch.empty(n, dtype=torch.uint8, device="cuda")
+    host = torch.empty(n, dtype=torch.uint8, pin_memory=True)
+    out = {}
+    for name, (dst, src) in {"h2d": (dev, host), "d2h": (host, dev)}.items():
+        dst.copy_(src, non_blocking=True)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(5):
+            dst.copy_(src, non_blocking=True)
+        torch.cuda.synchronize()
+        out[f"{name}_gb_per_s"] = 5 * n / (time.perf_counter() - t0) / 1e9
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("variants", nargs="+", help="override strings, one per variant")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--common", default=" ".join(COMMON))
+    ap.add_argument("--profile-step", type=int, default=5)
+    args = ap.parse_args()
+
+    from hydra import compose, initialize_config_dir
+
+    from harness import trial
+    from harness.config import register_configs, to_trial_config
+    from harness.models import BasePool
+
+    register_configs()
+    result = {"host_copy": host_copy_gbps(), "device": torch.cuda.get_device_name(), "runs": []}
+    print(json.dumps(result["host_copy"]), flush=True)
+    pool, build = BasePool(), trial.build_trainer
+    for i, variant in enumerate(args.variants):
+        overrides = args.common.split() + variant.split()
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            cfg = to_trial_config(compose(config_name="config", overrides=overrides))
+        prof = Profile(args.profile_step, 2)
+
+        def build_with_profile(*a, **kw):
+            trainer, meter = build(*a, **kw)
+            trainer.add_callback(prof)  # noqa: B023
+            return trainer, meter
+
+        trial.build_trainer = build_with_profile
+        rec = trial.run_trial(cfg, Path(f"/tmp/prof/{i}"), overrides=overrides, pool=pool)
+        trial.build_trainer = build
+        tp = rec.get("throughput") or {}
+        run = {
+            "variant": variant, "status": rec["status"], "error": rec.get("error"),
+            "tokens_per_s": tp.get("padded_tokens_per_s"), "step_s": tp.get("step_time_median_s"),
+            "peak_reserved_gib": rec.get("peak_vram_reserved_gib"),
+            "peak_allocated_gib": rec.get("peak_vram_allocated_gib"),
+            "loss": [round(p["loss"], 4) for p in (rec.get("loss") or {}).get("curve", [])],
+            "levers": rec.get("levers"),
+            "profile": prof.summary() if prof.prof is not None and prof.wall else None,
+        }  # fmt: skip
+        result["runs"].append(run)
+        args.out.write_text(json.dumps(result, indent=1))
+        p = run["profile"] or {}
+        print(f"{variant:60s} {run['status']} {run['tokens_per_s'] or 0:8.0f} tok/s "
+              f"{run['peak_reserved_gib'] or 0:6.2f} GiB  wall {p.get('wall_ms_per_step', 0):.0f} "
+              f"ms, kernels {p.get('kernel_ms_per_step', 0):.0f} ms  "
+              + " ".join(f"{k}={v:.0f}" for k, v in (p.get("groups_ms_per_step") or {}).items()),
+              flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
