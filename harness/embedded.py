@@ -73,6 +73,16 @@ def convert_gguf(gguf_file: Path, out_dir: Path, *, dtype: torch.dtype = torch.b
     return out_dir
 
 
+def embedded_tokenizer_dir() -> Path:
+    """The embedded tokenizer, which random-weight shapes borrow: the converted dir when it is
+    cached (a dir holding only the tokenizer files and config.json is enough, e.g. on a GPU
+    machine the 98 MB GGUF cannot reach), else the model converted now."""
+    cached = cache_dir() / "models" / "smollm2-135m-instruct"
+    if (cached / "tokenizer.json").is_file() and (cached / "tokenizer_config.json").is_file():
+        return cached
+    return ensure_embedded_model()
+
+
 def ensure_embedded_model() -> Path:
     """The embedded SmolLM2-135M-Instruct as a safetensors dir, converted on first use (~25 s)."""
     return convert_gguf(embedded_gguf_path(), cache_dir() / "models" / "smollm2-135m-instruct")

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from harness.config import LoraConfig, ModelConfig, QuantConfig
-from harness.embedded import convert_gguf, ensure_embedded_model
+from harness.embedded import convert_gguf, embedded_tokenizer_dir, ensure_embedded_model
 from harness.errors import ConfigError
 from harness.paths import cache_dir
 from harness.shapes import shape_config
@@ -93,7 +93,7 @@ def weights_source(mcfg: ModelConfig, *, seed: int = 0) -> tuple[str, str, bool]
     if mcfg.source == "hub":
         return mcfg.path, mcfg.path, False
     # Random weights get the embedded tokenizer: its ids (< 49,152) fit every shape's vocab.
-    tok = str(ensure_embedded_model())
+    tok = str(embedded_tokenizer_dir())
     return str(_random_weights_dir(mcfg.shape, seed)), tok, True
 
 

@@ -40,7 +40,8 @@ KERNEL_CHECK = textwrap.dedent("""
         }
         for name, (out, ref) in checks.items():
             err = ((out.double() - ref).norm() / ref.norm()).item()
-            tol = 1e-5 if dt == torch.float32 else 2e-2
+            # fp32: exact in the interpreter, tf32 dots on the GPU (~3e-4); 16-bit: output rounding
+            tol = (1e-5 if dev == "cpu" else 2e-3) if dt == torch.float32 else 2e-2
             assert err < tol, (name, n, k, r, err)
         # a second draw with another seed gives another mask
         other = lora_x_grad_add(torch.zeros_like(g0), hot, ahot, p, seed + 1).float()

@@ -10,6 +10,8 @@ _hds_main() {
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl || { echo "device_setup: pip install failed" >&2; return 1; }
     export PYTHONPATH=/tmp/site HARNESS_CACHE=/tmp/hcache PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+    # .devcache/ (carried): the embedded tokenizer files, which random-weight shapes borrow
+    if [ -d .devcache/models ]; then mkdir -p /tmp/hcache && cp -r .devcache/models /tmp/hcache/; fi
     python3 - <<'PY' || { echo "device_setup: version check failed" >&2; return 1; }
 import torch, transformers, peft, bitsandbytes, trl, datasets, hydra, liger_kernel, triton
 from importlib.metadata import version
