@@ -183,6 +183,8 @@ class TrainConfig:
     kernels: str = "none"  # none | liger: Triton RMSNorm + SwiGLU (CUDA)
     lora_kernel: str = "peft"  # peft | fused: one autograd op for the LoRA branch
     frozen_dtype: str = "fp32"  # fp32 (peft's upcast) | bf16: embeddings, norms, head
+    embeddings_on_cpu: bool = False  # frozen input embedding table in host memory (CUDA)
+    expandable_segments: bool = False  # PyTorch allocator: expandable segments (CUDA)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     timing_warmup_steps: int = 2  # steps excluded from throughput (allocator, autotune, caches)

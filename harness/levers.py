@@ -6,7 +6,9 @@ a sweep's pool never carries the previous trial's choice.
     train.lora_kernel=fused       each adapted Linear as one autograd op (harness/lora_op.py)
     train.frozen_dtype=bf16       undo peft's fp32 upcast of embeddings, norms and head
     train.checkpointing=selective recompute train.checkpoint_fraction of the decoder layers
-    train.checkpointing=offload   recompute every layer, layer inputs parked in host memory (TRL)
+    train.checkpointing=offload   recompute every layer, layer inputs parked in host memory
+    train.embeddings_on_cpu=true  the frozen input embedding table in host memory
+    train.expandable_segments     PyTorch's expandable allocator segments (less fragmentation)
 
 What each costs or saves on an H100 is measured by sweeps/speed.yaml (BENCHMARKS.md).
 """
@@ -17,7 +19,7 @@ import types
 import torch
 from torch import nn
 
-from harness import lora_op
+from harness import lora_op, offload
 from harness.config import TrainConfig
 from harness.errors import ConfigError
 
@@ -35,10 +37,14 @@ def check(tcfg: TrainConfig, device: str) -> None:
             raise ConfigError(
                 "train.kernels", "liger", f"pip install liger-kernel ({e}); allowed: none"
             ) from None
-    if tcfg.checkpointing == "offload" and not device.startswith("cuda"):
-        raise ConfigError(
-            "train.checkpointing", "offload", "offloads GPU activations to host memory; needs CUDA"
-        )
+    cuda_only = {
+        "train.checkpointing": tcfg.checkpointing == "offload" and "offload",
+        "train.embeddings_on_cpu": tcfg.embeddings_on_cpu,
+        "train.expandable_segments": tcfg.expandable_segments,
+    }
+    for key, value in cuda_only.items():
+        if value and not device.startswith("cuda"):
+            raise ConfigError(key, value, "acts on GPU memory; needs CUDA")
 
 
 def apply(model, tcfg: TrainConfig, *, compute_dtype: torch.dtype) -> dict:
@@ -47,6 +53,8 @@ def apply(model, tcfg: TrainConfig, *, compute_dtype: torch.dtype) -> dict:
     applied.update(_kernels(model, tcfg.kernels))
     applied["lora_fused"] = _lora_kernel(model, tcfg.lora_kernel)
     applied.update(_checkpointing(model, tcfg.checkpointing, tcfg.checkpoint_fraction))
+    applied["embeddings_on_cpu"] = offload.embeddings_on_cpu(model, tcfg.embeddings_on_cpu)
+    applied["expandable_segments"] = offload.expandable_segments(tcfg.expandable_segments)
     return applied
 
 
@@ -204,5 +212,10 @@ def _checkpointing(model, mode: str, fraction: float) -> dict:
         layer.gradient_checkpointing = i in chosen and hasattr(
             layer, "_gradient_checkpointing_func"
         )
+        if layer.gradient_checkpointing:  # offload: our own recompute, inputs in host memory
+            original = vars(layer).setdefault("_harness_ckpt", layer._gradient_checkpointing_func)
+            layer._gradient_checkpointing_func = (
+                offload.offloaded_checkpoint if mode == "offload" else original
+            )
     done = sum(layer.gradient_checkpointing for layer in layers)
     return {"checkpointed_layers": done, "num_layers": n}

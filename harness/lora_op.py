@@ -27,7 +27,7 @@ def dropout_mask(shape, p: float, seed: int, device) -> torch.Tensor:
 
 
 def _use_triton(x: torch.Tensor, p: float) -> bool:
-    if not p or x.device.type != "cuda":
+    if not p or x.device.type != "cuda" or x.shape[-1] % 4:
         return False
     try:
         import triton  # noqa: F401

@@ -1,5 +1,6 @@
 """Base model: find its weights, check adapter targets, load + quantize, attach the adapter."""
 
+import gc
 import hashlib
 import logging
 from pathlib import Path
@@ -260,10 +261,11 @@ class BasePool:
         model = self.entries.pop(self.key(mcfg, qcfg, device), None)
         if model is None:
             self.entries.clear()  # a different base: free the old one first
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
         else:
             self.hits += 1
+        if torch.cuda.is_available():  # every trial starts from an unfragmented cache
+            gc.collect()
+            torch.cuda.empty_cache()
         return model
 
     def put(self, mcfg: ModelConfig, qcfg: QuantConfig, device: str, model) -> None:

@@ -201,9 +201,8 @@ def build_trainer(
         max_length=max_seq_len,
         packing=packing,
         packing_strategy=packing_strategy,
-        # train.checkpointing=offload: TRL parks the tensors autograd saves (with checkpointing,
-        # each layer's input) in pinned host memory, copying on a side stream
-        activation_offloading=tcfg.checkpointing == "offload",
+        # train.checkpointing=offload is the harness's own (harness/offload.py), set on the layers
+        activation_offloading=False,
         completion_only_loss=True,
         dataloader_num_workers=0,
         disable_tqdm=True,

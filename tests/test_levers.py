@@ -11,7 +11,7 @@ from harness.config import TrainConfig, to_trial_config
 from harness.errors import ConfigError
 
 
-def _tiny_peft(dropout: float = 0.0, seed: int = 0):
+def _tiny_peft(dropout: float = 0.0, seed: int = 0, tied: bool = True):
     """A 2-layer llama with a peft LoRA adapter on every Linear, fp32, in train mode."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -19,7 +19,9 @@ def _tiny_peft(dropout: float = 0.0, seed: int = 0):
     from harness.shapes import shape_config
 
     torch.manual_seed(seed)
-    base = AutoModelForCausalLM.from_config(shape_config("tiny-llama"))
+    hf_config = shape_config("tiny-llama")
+    hf_config.tie_word_embeddings = tied
+    base = AutoModelForCausalLM.from_config(hf_config)
     cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear")
     model = get_peft_model(base, cfg)
     for name, param in model.named_parameters():  # B starts at zero; make the branch matter
@@ -199,3 +201,37 @@ def test_offload_trial_has_the_plain_loss_curve_on_cuda(tmp_path):
         curves[name] = [p["loss"] for p in load_json(out / "record.json")["loss"]["curve"]]
     # as on the CPU: float rounding amplified by Adam, ~1e-4
     assert curves["offload"] == pytest.approx(curves["full"], rel=1e-3)
+
+
+@requires_cuda
+def test_offloaded_checkpoint_and_cpu_embeddings_keep_loss_and_gradients_on_cuda():
+    """Layer inputs in pinned host memory and the embedding table on the CPU: the same loss and
+    gradients as full recompute, with dropout (the fused kernel's seeds replay in backward)."""
+    model = _tiny_peft(dropout=0.2, tied=False).cuda()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    ids = torch.randint(0, 1000, (2, 32), device="cuda")
+    _apply(model, lora_kernel="fused", checkpointing="full")
+    torch.manual_seed(3)
+    loss_ref, grads_ref = _loss_and_grads(model, ids)
+    applied = _apply(model, lora_kernel="fused", checkpointing="offload", embeddings_on_cpu=True,
+                     expandable_segments=True)  # fmt: skip
+    assert applied["checkpointed_layers"] == 2 and applied["embeddings_on_cpu"] == 49152 * 64
+    assert model.get_input_embeddings().weight.device.type == "cpu"
+    torch.manual_seed(3)
+    loss, grads = _loss_and_grads(model, ids)
+    torch.testing.assert_close(loss, loss_ref)
+    for name, grad in grads_ref.items():
+        torch.testing.assert_close(grads[name], grad)
+    _apply(model, lora_kernel="fused", checkpointing="full")  # undone on the same instance
+    assert model.get_input_embeddings().weight.device.type == "cuda"
+    torch.manual_seed(3)
+    torch.testing.assert_close(_loss_and_grads(model, ids)[0], loss_ref)
+
+
+def test_host_memory_levers_are_refused_on_the_cpu():
+    for key in ("embeddings_on_cpu", "expandable_segments"):
+        with pytest.raises(ConfigError, match=f"train.{key}"):
+            levers.check(TrainConfig(**{key: True}), "cpu")
+    with pytest.raises(ConfigError, match="train.checkpointing"):
+        levers.check(TrainConfig(checkpointing="offload"), "cpu")

@@ -1,0 +1,115 @@
+"""Memory levers that park frozen or saved tensors in host memory (CUDA only).
+
+    train.checkpointing=offload   every decoder layer recomputed in backward, and its input (the one
+                                  tensor full recompute keeps per layer: [tokens, hidden]) copied to
+                                  pinned host memory on a side stream during forward, back in
+                                  backward. llama3-8b, seq 2048, batch 4: 32 x 64 MiB = 2 GiB off
+                                  the GPU, 2 GB each way over PCIe per step (~55 GB/s measured).
+    train.embeddings_on_cpu=true  the frozen input embedding table lives in host memory; the lookup
+                                  runs there and only the looked-up rows go to the GPU (llama3-8b:
+                                  1.05 GB off the GPU). Not for tied embeddings (the LM head is the
+                                  same matrix).
+
+Same math: the recomputed layer sees the same input (copied exactly) and the same CPU and CUDA
+RNG states (the fused LoRA kernel draws its dropout seed from the CPU generator).
+"""
+
+import torch
+from torch.nn import functional as F
+
+_STREAMS: dict[int, torch.cuda.Stream] = {}
+_PINNED: dict[tuple, list[torch.Tensor]] = {}
+
+
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    if device.index not in _STREAMS:
+        _STREAMS[device.index] = torch.cuda.Stream(device)
+    return _STREAMS[device.index]
+
+
+def _pinned(shape, dtype) -> torch.Tensor:
+    free = _PINNED.setdefault((tuple(shape), dtype), [])
+    return free.pop() if free else torch.empty(shape, dtype=dtype, pin_memory=True)
+
+
+class _OffloadedCheckpoint(torch.autograd.Function):
+    """Run `run(hidden, *rest)` without keeping activations; keep `hidden` in host memory and
+    recompute in backward (the reentrant scheme: backward runs the layer again under grad and
+    backpropagates through it, accumulating the adapter's gradients)."""
+
+    @staticmethod
+    def forward(ctx, run, hidden, *rest):
+        ctx.run, ctx.rest, ctx.device = run, rest, hidden.device
+        ctx.cpu_rng = torch.get_rng_state()
+        ctx.cuda_rng = torch.cuda.get_rng_state(hidden.device)
+        with torch.no_grad():
+            out = run(hidden, *rest)
+        stream = _side_stream(hidden.device)
+        stream.wait_stream(torch.cuda.current_stream(hidden.device))
+        with torch.cuda.stream(stream):
+            host = _pinned(hidden.shape, hidden.dtype)
+            host.copy_(hidden, non_blocking=True)
+        hidden.record_stream(stream)  # the allocator keeps it until the copy is done
+        ctx.host, ctx.copied = host, stream.record_event()
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        torch.cuda.current_stream(ctx.device).wait_event(ctx.copied)
+        hidden = ctx.host.to(ctx.device, non_blocking=True).requires_grad_(True)
+        done = torch.cuda.current_stream(ctx.device).record_event()
+        cpu_now, cuda_now = torch.get_rng_state(), torch.cuda.get_rng_state(ctx.device)
+        torch.set_rng_state(ctx.cpu_rng)
+        torch.cuda.set_rng_state(ctx.cuda_rng, ctx.device)
+        try:
+            with torch.enable_grad():
+                out = ctx.run(hidden, *ctx.rest)
+            torch.autograd.backward(out, grad_out)
+        finally:
+            torch.set_rng_state(cpu_now)
+            torch.cuda.set_rng_state(cuda_now, ctx.device)
+        done.synchronize()  # the host buffer's copy is finished: it can be reused
+        _PINNED[(tuple(ctx.host.shape), ctx.host.dtype)].append(ctx.host)
+        return None, hidden.grad, *([None] * len(ctx.rest))
+
+
+def offloaded_checkpoint(run, hidden, *rest, **kwargs):
+    """Drop-in for a decoder layer's `_gradient_checkpointing_func(run, *args)`."""
+    if kwargs:
+        raise TypeError(f"offloaded_checkpoint takes no keyword arguments, got {sorted(kwargs)}")
+    if not hidden.is_cuda:
+        raise RuntimeError("train.checkpointing=offload needs CUDA tensors")
+    return _OffloadedCheckpoint.apply(run, hidden, *rest)
+
+
+def _cpu_embedding_forward(self, input_ids):
+    out = F.embedding(input_ids.to("cpu"), self.weight, self.padding_idx)
+    return out.to(self._harness_embed_device)
+
+
+def embeddings_on_cpu(model, on: bool) -> int:
+    """Move the frozen input embedding to host memory (on) or back (off). Returns the parameters
+    now in host memory (0 where the table is tied to the LM head or trainable)."""
+    emb = model.get_input_embeddings()
+    home = getattr(emb, "_harness_embed_device", None)
+    if home is not None and not on:  # undo a previous trial's lever on a pooled base
+        emb.weight.data = emb.weight.data.to(home)
+        del emb.forward, emb._harness_embed_device
+        return 0
+    out = model.get_output_embeddings()
+    tied = out is not None and out.weight.data_ptr() == emb.weight.data_ptr()
+    if not on or home is not None or tied or emb.weight.requires_grad:
+        return emb.weight.numel() if home is not None and on else 0
+    emb._harness_embed_device = emb.weight.device
+    emb.weight.data = emb.weight.data.to("cpu")
+    emb.forward = _cpu_embedding_forward.__get__(emb)
+    return emb.weight.numel()
+
+
+def expandable_segments(on: bool) -> bool:
+    """PyTorch's caching allocator grows segments instead of reserving fixed blocks: reserved
+    memory tracks allocated memory (less fragmentation). Process-wide; set per trial."""
+    if not torch.cuda.is_available():
+        return False
+    torch.cuda.memory._set_allocator_settings(f"expandable_segments:{on}")
+    return on
