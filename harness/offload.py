@@ -87,22 +87,29 @@ def _cpu_embedding_forward(self, input_ids):
     return out.to(self._harness_embed_device)
 
 
+def _keep_in_host_memory(self, fn, recurse=True):
+    return self  # model.to(device) (a trainer's placement) leaves the table where it is
+
+
 def embeddings_on_cpu(model, on: bool) -> int:
     """Move the frozen input embedding to host memory (on) or back (off). Returns the parameters
     now in host memory (0 where the table is tied to the LM head or trainable)."""
     emb = model.get_input_embeddings()
-    home = getattr(emb, "_harness_embed_device", None)
+    home = vars(emb).get("_harness_embed_device")
     if home is not None and not on:  # undo a previous trial's lever on a pooled base
+        del emb.forward, emb._apply, emb._harness_embed_device
         emb.weight.data = emb.weight.data.to(home)
-        del emb.forward, emb._harness_embed_device
         return 0
+    if home is not None:
+        return emb.weight.numel()
     out = model.get_output_embeddings()
     tied = out is not None and out.weight.data_ptr() == emb.weight.data_ptr()
-    if not on or home is not None or tied or emb.weight.requires_grad:
-        return emb.weight.numel() if home is not None and on else 0
+    if not on or tied or emb.weight.requires_grad:
+        return 0
     emb._harness_embed_device = emb.weight.device
     emb.weight.data = emb.weight.data.to("cpu")
     emb.forward = _cpu_embedding_forward.__get__(emb)
+    emb._apply = _keep_in_host_memory.__get__(emb)
     return emb.weight.numel()
 
 
