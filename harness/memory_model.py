@@ -78,7 +78,14 @@ def shape_from_record(model: dict[str, Any]) -> Shape | None:
     )
 
 
-def setting_from_config(cfg: dict[str, Any]) -> Setting:
+def setting_from_record(rec: dict[str, Any]) -> Setting:
+    """Setting of a trial record: its config, and whether it trained through a chunked LM head
+    (``levers.chunked_loss``, recorded since the harness detects TRL's fused LM head)."""
+    chunked = bool((rec.get("levers") or {}).get("chunked_loss", False))
+    return setting_from_config(rec.get("config") or {}, chunked_loss=chunked)
+
+
+def setting_from_config(cfg: dict[str, Any], *, chunked_loss: bool = False) -> Setting:
     """Setting from a record's resolved ``config`` (nested by group); missing keys keep defaults.
 
     4-bit records get ``upcast_frozen``: that is what the harness's loading path does.
@@ -101,8 +108,14 @@ def setting_from_config(cfg: dict[str, Any]) -> Setting:
         checkpointing=t.get("checkpointing", base.checkpointing),
         optimizer=o.get("name", base.optimizer),
         kernels=t.get("kernels", base.kernels),
-        # harness/models.py runs prepare_model_for_kbit_training on every 4-bit model.
-        upcast_frozen=q.get("type", base.quant) in ("nf4", "fp4"),
+        # harness/models.py runs prepare_model_for_kbit_training on every 4-bit model;
+        # train.frozen_dtype=bf16 casts its fp32 copies back.
+        upcast_frozen=q.get("type", base.quant) in ("nf4", "fp4")
+        and t.get("frozen_dtype", "fp32") == "fp32",
+        lora_kernel=t.get("lora_kernel", base.lora_kernel),
+        checkpoint_fraction=float(t.get("checkpoint_fraction", base.checkpoint_fraction)),
+        embeddings_on_cpu=bool(t.get("embeddings_on_cpu", base.embeddings_on_cpu)),
+        chunked_loss=chunked_loss,
     )
 
 
@@ -115,7 +128,7 @@ def measured_points(records: list[dict[str, Any]]) -> list[Point]:
         if rec.get("status") != "success" or peak is None or shape is None:
             continue
         label = rec.get("_label") or rec.get("trial_id", "?")
-        points.append((shape, setting_from_config(rec.get("config") or {}), float(peak), label))
+        points.append((shape, setting_from_record(rec), float(peak), label))
     return points
 
 

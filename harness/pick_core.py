@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from harness.memory_fit import Calibration
-from harness.memory_model import predict_peak_gib, setting_from_config, shape_from_record
+from harness.memory_model import predict_peak_gib, setting_from_record, shape_from_record
 from harness.memory_terms import Setting, Shape
 
 OBJECTIVES = {  # objective: (column, higher is better, tie-break column)
@@ -122,7 +122,7 @@ def pick_predicted(
         own = shape_from_record(rec.get("model") or {})
         if rec.get("status") != "success" or (shape or own) is None:
             continue
-        setting = setting_from_config(rec.get("config") or {})
+        setting = setting_from_record(rec)
         for change in variants(setting):
             peak = predict_peak_gib(shape or own, _apply(setting, change), calib)["total"]
             if need_gib(peak, margin) > budget_gib:

@@ -24,7 +24,7 @@ from harness.memory_model import (
     measured_points,
     point_error,
     predict_peak_gib,
-    setting_from_config,
+    setting_from_record,
     shape_from_record,
 )
 from harness.memory_table import BUDGETS_GB, format_seeds_table, seeds_rows
@@ -96,7 +96,7 @@ def memory_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     predicted, breakdown = [], []
     for rec in records:
         shape = shape_from_record(rec.get("model") or {})
-        pred = predict_peak_gib(shape, setting_from_config(rec["config"]), calib) if (
+        pred = predict_peak_gib(shape, setting_from_record(rec), calib) if (
             shape and rec.get("config")) else None  # fmt: skip
         predicted.append(pred["total"] if pred else None)
         if pred and rec.get("status") == "success":

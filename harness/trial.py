@@ -106,6 +106,7 @@ def _pipeline(cfg, plan, rec, mem, clock, out_dir, on_eval, pool) -> None:
         bf16=cfg.quant.compute_dtype == "bf16" and plan.device != "cpu",
         fp16=cfg.quant.compute_dtype == "fp16" and plan.device != "cpu", on_eval=on_eval,
     )  # fmt: skip
+    rec["levers"]["chunked_loss"] = models.has_fused_lm_head(model)  # the memory model reads it
     try:
         with mem.phase("train"), clock("train"):
             trainer.train()

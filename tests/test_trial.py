@@ -49,6 +49,7 @@ def test_embedded_4bit_trial_records_every_field(tmp_path):
     assert (out / rec["artifacts"]["adapter_dir"] / "adapter_model.safetensors").is_file()
     assert rec["generations"][0]["base"] is not None and "tuned" in rec["generations"][0]
     assert rec["timings_s"]["total"] >= rec["timings_s"]["train"] > 0
+    assert rec["levers"]["chunked_loss"] is True  # TRL's fused LM head: no [tokens, vocab] logits
 
 
 def test_injected_oom_becomes_an_oom_record(tmp_path):
