@@ -9,11 +9,17 @@ credits weight gradients that QLoRA never computes for its frozen weights (the w
 needed is nearer 4N): MFU here compares with other reports, not with the chip's peak. The attention
 term is causal: each token attends to (S+1)/2 positions on average, 4 * d_attn FLOPs each
 (QK^T and AV) forward, 3x that forward + backward. f is the share of decoder layers recomputed.
+
+    executed FLOPs / token = 4 * (N_layers + N_head) + 6 * N_lora + 3 * attention + recompute
+
+is what a QLoRA step really runs (forward, the frozen weights' input gradients, the adapter's
+weight gradients): `executed_util` is that against the matmul ceiling, the honest "how busy".
 """
 
 import torch
 
-# bf16 8192^3 matmul, measured on the lent H100 (issue #5: 788 TFLOP/s; KINDS.md saw 798).
+# bf16 8192^3 matmul, measured on the lent H100 (issue #5: 788 TFLOP/s); the lent H200 has the
+# same matrix units (KINDS.md: 769-798 TFLOP/s measured there).
 PEAK_FLOPS = 788e12
 
 
@@ -48,8 +54,11 @@ def utilization(
     attn_fwd = 2 * layers * (seq_len + 1) * d_attn  # causal: 4 * d_attn * (S+1)/2 per layer
     model_flops = 6 * n + 3 * attn_fwd
     recompute = recompute_fraction * (2 * linear + attn_fwd)
+    executed = 4 * (linear + head) + 6 * lora_params + 3 * attn_fwd + recompute
     return {
         "model_flops_per_token": model_flops,
+        "executed_flops_per_token": executed,
+        "executed_util": executed * tokens_per_s / peak_flops,
         "recompute_flops_per_token": recompute,
         "mfu": model_flops * tokens_per_s / peak_flops,
         "hfu": (model_flops + recompute) * tokens_per_s / peak_flops,

@@ -7,11 +7,13 @@ a sweep without a plain row gets no ratio.
 """
 
 import json
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SWEEPS = ("b4_presets", "b4_factorial", "b4_fraction", "b4_fp4", "b1_presets", "qwen_b4",
-          "qwen_b1", "smollm2_b4")  # fmt: skip
+sys.path.insert(0, str(HERE.parents[1]))
+SWEEPS = ("h200_b4", "b4_presets", "b4_factorial", "b4_fraction", "b4_fp4", "b1_presets",
+          "qwen_b4", "qwen_b1", "smollm2_b4")  # fmt: skip
 LEVERS = {"kernels": "liger", "lora_kernel": "fused", "frozen_dtype": "bf16"}
 
 
@@ -43,7 +45,8 @@ def rows() -> list[dict]:
             tp, c = r["throughput"], r["config"]
             ref = plain.get(c["lora"]["dropout"]) or plain.get(0.05)
             out.append({
-                "sweep": sweep, "setting": setting(r),
+                "sweep": sweep, "gpu": r["device"].get("name", "").replace("NVIDIA ", "")[:4],
+                "setting": setting(r),
                 "shape": c["model"]["shape"] or c["model"]["name"],
                 "batch": c["train"]["batch_size"], "quant": c["quant"]["type"],
                 "steps": tp["timed_steps"], "tokens_per_s": tp["padded_tokens_per_s"],
@@ -54,21 +57,37 @@ def rows() -> list[dict]:
                 "memory_x": r["peak_vram_reserved_gib"] / ref["peak_vram_reserved_gib"]
                 if ref else None,
                 "final_loss": r["loss"]["final_train"],
+                "executed_util": _executed(r),
             })  # fmt: skip
     return out
 
 
+def _executed(rec: dict) -> float:
+    """Executed-FLOPs utilization (harness/flops.py), recomputed for records older than it."""
+    from harness.flops import utilization
+    from harness.shapes import shape_config
+
+    tp, lev, c = rec["throughput"], rec["levers"], rec["config"]
+    shape = c["model"]["shape"] or "smollm2-135m"
+    return utilization(
+        shape_config(shape), tp["padded_tokens_per_s"], seq_len=c["data"]["max_seq_len"],
+        lora_params=rec["params"]["trainable"],
+        recompute_fraction=lev.get("checkpointed_layers", 0) / max(lev.get("num_layers", 1), 1),
+    )["executed_util"]  # fmt: skip
+
+
 def markdown(table: list[dict]) -> str:
     head = (
-        "| sweep | setting | shape | batch | quant | tokens/s | step s (median) | MFU "
-        "| HFU | peak reserved GiB | speed vs plain | memory vs plain |\n|" + "---|" * 12
+        "| sweep | GPU | setting | shape | batch | quant | tokens/s | step s (median) | MFU "
+        "| HFU | executed | peak reserved GiB | speed vs plain | memory vs plain |\n|" + "---|" * 14
     )
     lines = [head]
     for r in table:
         ratio = (f"{r['speed_x']:.2f}x", f"{r['memory_x']:.2f}x") if r["speed_x"] else ("-", "-")
         lines.append(
-            f"| {r['sweep']} | {r['setting']} | {r['shape']} | {r['batch']} | {r['quant']} "
-            f"| {r['tokens_per_s']:,.0f} | {r['step_s']:.3f} | {r['mfu']:.1%} | {r['hfu']:.1%} "
+            f"| {r['sweep']} | {r['gpu']} | {r['setting']} | {r['shape']} | {r['batch']} "
+            f"| {r['quant']} | {r['tokens_per_s']:,.0f} | {r['step_s']:.3f} | {r['mfu']:.1%} "
+            f"| {r['hfu']:.1%} | {r['executed_util']:.1%} "
             f"| {r['reserved_gib']:.2f} | {ratio[0]} | {ratio[1]} |"
         )
     return "\n".join(lines) + "\n"
@@ -81,15 +100,17 @@ def plot(table: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    for sweep, marker in (("b4_presets", "o"), ("b4_factorial", "s"), ("b4_fraction", "^")):
+    marks = (("h200_b4", "*"), ("b4_presets", "o"), ("b4_factorial", "s"), ("b4_fraction", "^"))
+    for sweep, marker in marks:
         pts = [r for r in table if r["sweep"] == sweep]
         ax.scatter([r["reserved_gib"] for r in pts], [r["tokens_per_s"] for r in pts],
-                   marker=marker, label=sweep)  # fmt: skip
+                   marker=marker, label=f"{sweep} ({pts[0]['gpu'] if pts else ''})",
+                   s=120 if marker == "*" else 36)  # fmt: skip
         for r in pts:
             ax.annotate(r["setting"].split(" (")[0], (r["reserved_gib"], r["tokens_per_s"]),
                         fontsize=6, xytext=(3, 3), textcoords="offset points")  # fmt: skip
     ax.set(xlabel="peak reserved VRAM, train phase (GiB)", ylabel="tokens/s (all tokens)",
-           title="llama3-8b shape, nf4, seq 2048, batch 4, H100")  # fmt: skip
+           title="llama3-8b shape, nf4, seq 2048, batch 4 (H200 row: new kernels)")  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
