@@ -102,6 +102,7 @@ def throughput(
         "step_time_iqr_s": quartiles[2] - quartiles[0],
         "timed_steps": len(times),
         "warmup_steps": len(step_times_s) - len(times),
+        "step_times_s": [round(t, 4) for t in step_times_s],  # every step, warm-up included
     }
 
 

@@ -28,7 +28,7 @@ def test_embedded_4bit_trial_records_every_field(tmp_path):
     assert 0 < rec["params"]["trainable"] < rec["params"]["total"]
     assert 130e6 < rec["params"]["total"] < 140e6  # 4-bit weights counted as logical params
     tp = rec["throughput"]
-    assert tp["timed_steps"] == 2 and tp["warmup_steps"] == 2
+    assert tp["timed_steps"] == 2 and tp["warmup_steps"] == 2 and len(tp["step_times_s"]) == 4
     assert 0 < tp["loss_tokens_per_s"] < tp["padded_tokens_per_s"]
     assert tp["step_time_median_s"] > 0 and tp["samples_per_s"] > 0
     assert rec["memory"]["kind"] == "cpu_rss"
