@@ -48,8 +48,13 @@ def check_quant(qcfg: QuantConfig, device: str) -> None:
         raise ConfigError("quant.compute_dtype", "bf16", f"{device} lacks bf16; allowed: fp16")
     if qcfg.type == "none":
         return
+    import bitsandbytes.functional as F
+
+    # bitsandbytes caches its double-quant code map on the device of its first use
+    # (functional.name2qmap) and reuses it everywhere: a probe must leave no such cache behind
+    # (a probe on the meta device made every later in-process double-quant load fail).
+    cached = dict(F.name2qmap)
     try:
-        import bitsandbytes.functional as F
         from bitsandbytes import matmul_4bit
 
         w = torch.randn(128, 128, device=device, dtype=dtype)
@@ -64,6 +69,9 @@ def check_quant(qcfg: QuantConfig, device: str) -> None:
             f"bitsandbytes cannot run {qcfg.type} (double_quant={qcfg.double_quant}, "
             f"{qcfg.compute_dtype}) on {device}: {type(e).__name__}: {e}; allowed: none",
         ) from None  # fmt: skip
+    finally:
+        F.name2qmap.clear()
+        F.name2qmap.update(cached)
 
 
 def preflight(cfg: TrialConfig) -> Plan:

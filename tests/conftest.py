@@ -56,3 +56,20 @@ def data_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"offline datasets not found at {path} (set HARNESS_DATA_DIR)")
     return path
+
+
+def lora_b_random(model, std: float = 0.02):
+    """peft starts lora_B at zero; random B makes the adapter branch matter in a test."""
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=std)
+    return model.train()
+
+
+def loss_and_grads(model, ids):
+    """(loss, {name: grad}) of one causal-LM step on `ids`, gradients of trainable params."""
+    model.zero_grad()
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return loss.detach(), grads

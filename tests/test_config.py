@@ -105,6 +105,11 @@ def test_quant_the_device_cannot_run_is_refused():
     cfg = to_trial_config(compose_cfg(["quant=fp4"]))
     with pytest.raises(ConfigError, match=r"quant.type='fp4'.*cannot run"):
         check_quant(cfg.quant, "meta")  # no bitsandbytes backend computes on the meta device
+    import bitsandbytes.functional as F
+
+    # ...and the probe leaves no bitsandbytes cache on the meta device behind (it broke later
+    # in-process double-quant loads)
+    assert all(t.device.type != "meta" for t in F.name2qmap.values())
 
 
 def test_optimizer_that_cannot_run_fails_or_falls_back_explicitly():

@@ -4,7 +4,15 @@ memory are measured by the benchmark sweep (sweeps/speed.yaml), never asserted h
 
 import pytest
 import torch
-from conftest import TINY, compose_cfg, load_json, requires_cuda, run_harness
+from conftest import (
+    TINY,
+    compose_cfg,
+    load_json,
+    lora_b_random,
+    loss_and_grads,
+    requires_cuda,
+    run_harness,
+)
 
 from harness import levers, lora_op
 from harness.config import TrainConfig, to_trial_config
@@ -23,19 +31,10 @@ def _tiny_peft(dropout: float = 0.0, seed: int = 0, tied: bool = True):
     hf_config.tie_word_embeddings = tied
     base = AutoModelForCausalLM.from_config(hf_config)
     cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear")
-    model = get_peft_model(base, cfg)
-    for name, param in model.named_parameters():  # B starts at zero; make the branch matter
-        if "lora_B" in name:
-            torch.nn.init.normal_(param, std=0.02)
-    return model.train()
+    return lora_b_random(get_peft_model(base, cfg))
 
 
-def _loss_and_grads(model, ids):
-    model.zero_grad()
-    loss = model(input_ids=ids, labels=ids).loss
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-    return loss.detach(), grads
+_loss_and_grads = loss_and_grads
 
 
 def _apply(model, **train):

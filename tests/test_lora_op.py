@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import REPO, requires_cuda
+from conftest import REPO, lora_b_random, loss_and_grads, requires_cuda
 
 from harness import levers, lora_op
 from harness.config import LoraConfig, QuantConfig, TrainConfig
@@ -83,18 +83,10 @@ def _tiny_4bit(tmp_path, dropout: float):
     base = models.load_base(str(weights), qcfg, device="cpu")
     lcfg = LoraConfig(r=8, alpha=16, dropout=dropout)
     model = models.attach_adapter(base, lcfg, qcfg, targets="all-linear", checkpointing=False)
-    for name, param in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(param, std=0.02)
-    return model.train()
+    return lora_b_random(model)
 
 
-def _loss_grads(model, ids):
-    model.zero_grad()
-    loss = model(input_ids=ids, labels=ids).loss
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return loss.detach(), grads
+_loss_grads = loss_and_grads
 
 
 def test_fused_op_matches_peft_on_real_4bit_layers(tmp_path):
@@ -162,3 +154,20 @@ def test_fused_op_on_cuda_matches_a_reference_built_from_its_mask():
     ref.backward(gy.double())
     for out, want in [(y, ref), (x.grad, xr.grad), (a.grad, ar.grad), (b.grad, br.grad)]:
         assert ((out.double() - want).norm() / want.norm()).item() < 2e-2
+
+
+def test_fused_op_on_a_biased_16bit_base_is_the_lora_formula():
+    """quant=none and biased projections (Qwen2's q/k/v): y = xWᵀ + b + s(x Aᵀ)Bᵀ, fp32 on the
+    CPU, with the gradients autograd gives that formula."""
+    torch.manual_seed(0)
+    base = torch.nn.Linear(12, 10, bias=True).requires_grad_(False)
+    x = torch.randn(3, 4, 12, requires_grad=True)
+    a, b = torch.randn(4, 12, requires_grad=True), torch.randn(10, 4, requires_grad=True)
+    y = lora_op.LoraLinear.apply(x, a, b, base, 0.5, 0.0, 0, torch.float32, torch.float32)
+    y.square().sum().backward()
+    xr, ar, br = (t.detach().clone().requires_grad_() for t in (x, a, b))
+    ref = xr @ base.weight.t() + base.bias + 0.5 * (xr @ ar.t()) @ br.t()
+    ref.square().sum().backward()
+    torch.testing.assert_close(y, ref)
+    for got, want in [(x.grad, xr.grad), (a.grad, ar.grad), (b.grad, br.grad)]:
+        torch.testing.assert_close(got, want)

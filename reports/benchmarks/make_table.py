@@ -12,8 +12,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
-SWEEPS = ("h200_b4", "h200_fresh", "b4_presets", "b4_factorial", "b4_fraction", "b4_fp4", "b1_presets",
-          "qwen_b4", "qwen_b1", "smollm2_b4")  # fmt: skip
+SWEEPS = ("h200_b4", "h200_fresh", "b4_presets", "b4_factorial", "b4_fraction", "b4_fp4",
+          "b1_presets", "qwen_b4", "qwen_b1", "smollm2_b4")  # fmt: skip
 LEVERS = {"kernels": "liger", "lora_kernel": "fused", "frozen_dtype": "bf16"}
 
 
