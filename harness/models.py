@@ -260,6 +260,15 @@ class BasePool:
     def __init__(self) -> None:
         self.entries: dict[str, Any] = {}
         self.hits = 0
+        self.memo: dict[Any, Any] = {}  # other per-sweep work trials share (tokenized data)
+
+    def cached(self, key: Any, make):
+        """make() once per key in this process (the last 4 keys are kept)."""
+        if key not in self.memo:
+            if len(self.memo) >= 4:
+                self.memo.pop(next(iter(self.memo)))
+            self.memo[key] = make()
+        return self.memo[key]
 
     @staticmethod
     def key(mcfg: ModelConfig, qcfg: QuantConfig, device: str) -> str:

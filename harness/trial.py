@@ -94,9 +94,14 @@ def _pipeline(cfg, plan, rec, mem, clock, out_dir, on_eval, pool) -> None:
         rec["levers"] = levers.apply(model, cfg.train, compute_dtype=dtype)
     rec["model"] = models.shape_summary(cfg.model, plan.hf_config, random_weights=random_weights)
     rec["params"] = models.count_params(model)
+
     # 2. data: tokenize with loss on responses only
-    train_rows = data_mod.tokenize(plan.train_examples, tokenizer, cfg.data)
-    eval_rows = data_mod.tokenize(plan.heldout_examples, tokenizer, cfg.data)
+    # (a sweep's trials with the same data and tokenizer tokenize once: the pool keeps the rows)
+    def rows(split, examples):
+        make = lambda: data_mod.tokenize(examples, tokenizer, cfg.data)  # noqa: E731
+        return pool.cached(("rows", split, tok_src, repr(cfg.data)), make) if pool else make()
+
+    train_rows, eval_rows = rows("train", plan.train_examples), rows("eval", plan.heldout_examples)
     # 3. train
     trainer, meter = build_trainer(
         model, tokenizer, train_rows, eval_rows, cfg.train, optim_used=plan.optimizer["used"],

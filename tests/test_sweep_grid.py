@@ -186,3 +186,15 @@ def test_joblib_launcher_grid_writes_the_same_summary(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     frame = pd.read_csv(sweep / "summary.csv")
     assert list(frame["lora.r"]) == [4, 8] and set(frame["status"]) == {"success"}
+
+
+def test_pool_memo_makes_once_per_key_and_stays_bounded():
+    from harness.models import BasePool
+
+    pool, calls = BasePool(), []
+    make = lambda k: lambda: calls.append(k) or [k]  # noqa: E731
+    first = pool.cached(("rows", "train", 1), make(1))
+    assert pool.cached(("rows", "train", 1), make(1)) is first and calls == [1]
+    for k in range(2, 7):
+        pool.cached(("rows", "train", k), make(k))
+    assert len(pool.memo) == 4 and ("rows", "train", 1) not in pool.memo
