@@ -14,6 +14,8 @@ What it saves and moves, where peft's three modules differ:
 - the base weight is dequantized once in forward and once in backward, as bitsandbytes does.
 """
 
+import importlib.util
+
 import torch
 from torch.nn import functional as F
 
@@ -26,14 +28,11 @@ def dropout_mask(shape, p: float, seed: int, device) -> torch.Tensor:
     return keep * (1.0 / (1.0 - p))
 
 
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
 def _use_triton(x: torch.Tensor, p: float) -> bool:
-    if not p or x.device.type != "cuda" or x.shape[-1] % 4:
-        return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return bool(p) and _HAS_TRITON and x.device.type == "cuda" and x.shape[-1] % 4 == 0
 
 
 def base_weight(layer, dtype: torch.dtype) -> torch.Tensor:

@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 _STREAMS: dict[int, torch.cuda.Stream] = {}
 _PINNED: dict[tuple, list[torch.Tensor]] = {}
+_IN_FLIGHT: list[tuple[torch.cuda.Event, torch.Tensor]] = []  # buffers whose copy back may run
 
 
 def _side_stream(device: torch.device) -> torch.cuda.Stream:
@@ -28,6 +29,11 @@ def _side_stream(device: torch.device) -> torch.cuda.Stream:
 
 
 def _pinned(shape, dtype) -> torch.Tensor:
+    """A pinned host buffer: one whose copy back to the GPU has finished, else a new one (the
+    check is a query, never a wait: the host keeps queueing kernels ahead of the GPU)."""
+    for pair in [p for p in _IN_FLIGHT if p[0].query()]:
+        _IN_FLIGHT.remove(pair)
+        _PINNED.setdefault((tuple(pair[1].shape), pair[1].dtype), []).append(pair[1])
     free = _PINNED.setdefault((tuple(shape), dtype), [])
     return free.pop() if free else torch.empty(shape, dtype=dtype, pin_memory=True)
 
@@ -68,8 +74,7 @@ class _OffloadedCheckpoint(torch.autograd.Function):
         finally:
             torch.set_rng_state(cpu_now)
             torch.cuda.set_rng_state(cuda_now, ctx.device)
-        done.synchronize()  # the host buffer's copy is finished: it can be reused
-        _PINNED[(tuple(ctx.host.shape), ctx.host.dtype)].append(ctx.host)
+        _IN_FLIGHT.append((done, ctx.host))  # reusable once that copy has run
         return None, hidden.grad, *([None] * len(ctx.rest))
 
 
