@@ -185,6 +185,7 @@ class TrainConfig:
     frozen_dtype: str = "fp32"  # fp32 (peft's upcast) | bf16: embeddings, norms, head
     embeddings_on_cpu: bool = False  # frozen input embedding table in host memory (CUDA)
     expandable_segments: bool = False  # PyTorch allocator: expandable segments (CUDA)
+    flat_optimizer: bool = False  # one optimizer update over all adapter tensors (same math)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     timing_warmup_steps: int = 2  # steps excluded from throughput (allocator, autotune, caches)

@@ -9,6 +9,8 @@ a sweep's pool never carries the previous trial's choice.
     train.checkpointing=offload   recompute every layer, layer inputs parked in host memory
     train.embeddings_on_cpu=true  the frozen input embedding table in host memory
     train.expandable_segments     PyTorch's expandable allocator segments (less fragmentation)
+    train.flat_optimizer          one optimizer update over all adapter tensors (flat_optim.py,
+                                  applied where HF's Trainer builds the optimizer: train.py)
 
 What each costs or saves on an H100 is measured by sweeps/speed.yaml (BENCHMARKS.md).
 """

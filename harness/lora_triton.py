@@ -32,11 +32,15 @@ def _keep(seed, rn, k0, K: tl.constexpr, p, BM: tl.constexpr, BK: tl.constexpr):
 
 @triton.jit
 def _lora_a_fwd(x_ptr, a_ptr, h_ptr, N, R, sxn, sar, seed, p, c, K: tl.constexpr,
-                BM: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr):  # fmt: skip
+                KS: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
+                BR: tl.constexpr):  # fmt: skip
+    """Rows rn x the K-range [split*KS, split*KS + KS) of c * (x ⊙ m) @ Aᵀ, into h[split]."""
     rn = tl.program_id(0) * BM + tl.arange(0, BM)
+    split = tl.program_id(1)
     rr = tl.arange(0, BR)
     acc = tl.zeros((BM, BR), dtype=tl.float32)
-    for k0 in range(0, K, BK):
+    for i in range(0, KS, BK):
+        k0 = split * KS + i
         rk = k0 + tl.arange(0, BK)
         inside = (rn[:, None] < N) & (rk[None, :] < K)
         x = tl.load(x_ptr + rn[:, None] * sxn + rk[None, :], mask=inside, other=0.0)
@@ -45,8 +49,8 @@ def _lora_a_fwd(x_ptr, a_ptr, h_ptr, N, R, sxn, sar, seed, p, c, K: tl.constexpr
         at = tl.load(a_ptr + rr[None, :] * sar + rk[:, None], mask=a_mask, other=0.0)  # [BK, BR]
         acc += tl.dot(x, at)
     out_mask = (rn[:, None] < N) & (rr[None, :] < R)
-    tl.store(h_ptr + rn[:, None] * R + rr[None, :], (acc * c).to(h_ptr.dtype.element_ty),
-             mask=out_mask)  # fmt: skip
+    out = h_ptr + split * N * R + rn[:, None] * R + rr[None, :]
+    tl.store(out, (acc * c).to(h_ptr.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit
@@ -99,42 +103,61 @@ def _check(x: torch.Tensor) -> None:
                          f"(got {tuple(x.shape)})")  # fmt: skip
 
 
-def lora_a_forward(x: torch.Tensor, a: torch.Tensor, p: float, seed: int, c: float):
+def launch_config(kernel: str, n: int, k: int) -> dict:
+    """Block sizes, splits and warps per kernel ('fwd', 'grad', 'xgrad') for x [n, k].
+    Chosen with reports/benchmarks/tune_lora_kernels.py on an H200 (results/h200_tune)."""
+    if kernel == "fwd":  # split K so that the grid fills the GPU several times over
+        return {"BM": 32, "BK": 128, "SPLIT": 1, "num_warps": 4, "num_stages": 3}
+    if kernel == "grad":
+        return {"BN": 64, "BK": 128, "ROWS": 1024 if n >= 4096 else 256, "num_warps": 4,
+                "num_stages": 3}  # fmt: skip
+    return {"BM": 64, "BK": 128, "num_warps": 4, "num_stages": 3}
+
+
+def lora_a_forward(x: torch.Tensor, a: torch.Tensor, p: float, seed: int, c: float,
+                   cfg: dict | None = None):  # fmt: skip
     """c * (x ⊙ m) @ aᵀ for x [N, K], a [r, K] (same dtype); returns [N, r] in x's dtype."""
     _check(x)
     n, k = x.shape
     r = a.shape[0]
-    h = torch.empty(n, r, device=x.device, dtype=x.dtype)
-    bm, bk = 32, 128
-    _lora_a_fwd[(triton.cdiv(n, bm),)](
-        x, a, h, n, r, x.stride(0), a.stride(0), seed, p, c, K=k, BM=bm, BK=bk, BR=_br(r)
-    )
-    return h
+    cfg = dict(cfg or launch_config("fwd", n, k))
+    bm, bk, split = cfg.pop("BM"), cfg.pop("BK"), cfg.pop("SPLIT")
+    ks = triton.cdiv(triton.cdiv(k, bk), split) * bk  # K-range per split, whole BK tiles
+    split = triton.cdiv(k, ks)
+    h = torch.empty(split, n, r, device=x.device, dtype=x.dtype if split == 1 else torch.float32)
+    _lora_a_fwd[(triton.cdiv(n, bm), split)](
+        x, a, h, n, r, x.stride(0), a.stride(0), seed, p, c, K=k, KS=ks, BM=bm, BK=bk,
+        BR=_br(r), **cfg,
+    )  # fmt: skip
+    return h[0] if split == 1 else h.sum(0).to(x.dtype)
 
 
-def lora_a_grad(gh: torch.Tensor, x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+def lora_a_grad(gh: torch.Tensor, x: torch.Tensor, p: float, seed: int,
+                cfg: dict | None = None) -> torch.Tensor:  # fmt: skip
     """ghᵀ @ (x ⊙ m) for gh [N, r] (x's dtype, contiguous), x [N, K]; returns [r, K] in fp32."""
     _check(x)
     n, k = x.shape
     r = gh.shape[1]
-    bn, bk = 64, 128
-    rows = 1024 if n >= 4096 else 256  # rows per program (a constexpr: one compile per size)
+    cfg = dict(cfg or launch_config("grad", n, k))
+    bn, bk, rows = cfg.pop("BN"), cfg.pop("BK"), cfg.pop("ROWS")  # rows per program (constexpr)
     splits = triton.cdiv(n, rows)
     ws = torch.empty(splits, r, k, device=x.device, dtype=torch.float32)
     _lora_a_grad[(triton.cdiv(k, bk), splits)](
-        gh, x, ws, n, k, r, x.stride(0), seed, p, ROWS=rows, BN=bn, BK=bk, BR=_br(r)
+        gh, x, ws, n, k, r, x.stride(0), seed, p, ROWS=rows, BN=bn, BK=bk, BR=_br(r), **cfg
     )
-    return ws.sum(0)
+    return ws[0] if splits == 1 else ws.sum(0)
 
 
-def lora_x_grad_add(gx: torch.Tensor, gh: torch.Tensor, a: torch.Tensor, p: float, seed: int):
+def lora_x_grad_add(gx: torch.Tensor, gh: torch.Tensor, a: torch.Tensor, p: float, seed: int,
+                    cfg: dict | None = None):  # fmt: skip
     """gx += m ⊙ (gh @ a), in place, for gx [N, K], gh [N, r] (contiguous), a [r, K]."""
     _check(gx)
     n, k = gx.shape
     r = gh.shape[1]
-    bm, bk = 64, 128
+    cfg = dict(cfg or launch_config("xgrad", n, k))
+    bm, bk = cfg.pop("BM"), cfg.pop("BK")
     grid = (triton.cdiv(n, bm), triton.cdiv(k, bk))
     _lora_x_grad_add[grid](
-        gx, gh, a, n, k, r, gx.stride(0), a.stride(0), seed, p, BM=bm, BK=bk, BR=_br(r)
+        gx, gh, a, n, k, r, gx.stride(0), a.stride(0), seed, p, BM=bm, BK=bk, BR=_br(r), **cfg
     )
     return gx

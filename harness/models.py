@@ -280,13 +280,18 @@ class BasePool:
             self.entries.clear()  # a different base: free the old one first
         else:
             self.hits += 1
-        if torch.cuda.is_available():  # every trial starts from an unfragmented cache
-            gc.collect()
-            torch.cuda.empty_cache()
+        release_cached_memory()  # every trial starts from an unfragmented cache
         return model
 
     def put(self, mcfg: ModelConfig, qcfg: QuantConfig, device: str, model) -> None:
         self.entries = {self.key(mcfg, qcfg, device): model}
+
+
+def release_cached_memory() -> None:
+    """Hand the CUDA caching allocator's free blocks back to the driver."""
+    if torch.cuda.is_available():
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 def merge_to_16bit(weights: str, adapter_dir: Path, out_dir: Path, *, device: str) -> Path:

@@ -114,6 +114,7 @@ class MeasureCallback(TrainerCallback):
         self.loss_curve: list[dict] = []
         self.eval_curve: list[dict] = []
         self.stop_reason: str | None = None
+        self.flat_optimizer_tensors = 0  # tensors folded by train.flat_optimizer
         self._t0 = 0.0
         self._model = None
 
@@ -218,4 +219,20 @@ def build_trainer(
     trainer.data_collator = collator
     callback = MeasureCallback(collator, device, inject_fault=tcfg.inject_fault, on_eval=on_eval)
     trainer.add_callback(callback)
+    if tcfg.flat_optimizer:
+        _flat_optimizer(trainer, callback)
     return trainer, callback
+
+
+def _flat_optimizer(trainer, callback: MeasureCallback) -> None:
+    """train.flat_optimizer: fold the optimizer HF builds into one update per param group."""
+    from harness.flat_optim import flatten_optimizer
+
+    create = trainer.create_optimizer
+
+    def create_optimizer(*args, **kwargs):
+        opt = create(*args, **kwargs)
+        callback.flat_optimizer_tensors = flatten_optimizer(opt)
+        return opt
+
+    trainer.create_optimizer = create_optimizer

@@ -112,10 +112,12 @@ def _pipeline(cfg, plan, rec, mem, clock, out_dir, on_eval, pool) -> None:
         fp16=cfg.quant.compute_dtype == "fp16" and plan.device != "cpu", on_eval=on_eval,
     )  # fmt: skip
     rec["levers"]["chunked_loss"] = models.has_fused_lm_head(model)  # the memory model reads it
+    models.release_cached_memory()  # blocks freed by setup (levers, dtype casts) are not training's
     try:
         with mem.phase("train"), clock("train"):
             trainer.train()
     finally:
+        rec["levers"]["flat_optimizer_tensors"] = meter.flat_optimizer_tensors
         rec["throughput"] = throughput(
             meter.step_times_s, meter.loss_tokens, meter.padded_tokens, meter.samples,
             warmup=cfg.train.timing_warmup_steps,

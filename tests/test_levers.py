@@ -158,12 +158,19 @@ def test_engine_presets_compose_to_valid_trial_configs(engine):
 
 def test_fused_and_selective_trial_has_the_plain_loss_curve(tmp_path):
     """The real entry point, 4-bit on the CPU: the CPU-capable levers reproduce the plain stack's
-    loss curve (dropout 0: the masks of the two paths come from different generators)."""
-    common = [*TINY, "train.max_steps=4", "lora.dropout=0", "train.device=cpu"]
+    loss curve (dropout 0: the masks of the two paths come from different generators). torch's
+    AdamW: the tiny model's tensors are under bitsandbytes' 8-bit size, which flat_optimizer
+    leaves per-tensor (tests/test_flat_optim.py checks the 8-bit fold)."""
+    common = [*TINY, "train.max_steps=4", "lora.dropout=0", "train.device=cpu", "optim=adamw_torch"]
     curves = {}
     for name, extra in {
         "plain": ["engine=plain"],
-        "levers": ["train.lora_kernel=fused", "train.checkpointing=selective"],
+        "levers": [
+            "train.lora_kernel=fused",
+            "train.checkpointing=selective",
+            "train.flat_optimizer=true",
+            "train.save_adapter=true",
+        ],
     }.items():
         out = tmp_path / name
         proc = run_harness([*common, *extra, f"out_dir={out}"])
@@ -172,6 +179,8 @@ def test_fused_and_selective_trial_has_the_plain_loss_curve(tmp_path):
         assert rec["status"] == "success", rec["error"]
         curves[name] = [p["loss"] for p in rec["loss"]["curve"]]
     assert rec["levers"]["lora_fused"] > 0 and rec["levers"]["checkpointed_layers"] == 1
+    assert rec["levers"]["flat_optimizer_tensors"] > 0
+    assert (out / "adapter" / "adapter_model.safetensors").exists()  # views of one buffer save
     # Adam's first steps amplify float rounding: two plain runs on the CPU already differ by ~3e-5
     assert curves["levers"] == pytest.approx(curves["plain"], rel=1e-3)
 

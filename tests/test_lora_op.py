@@ -32,12 +32,20 @@ KERNEL_CHECK = textwrap.dedent("""
         x, a = torch.randn(n, k, device=dev).to(dt), torch.randn(r, k, device=dev).to(dt)
         g, g0 = torch.randn(n, r, device=dev).to(dt), torch.randn(n, k, device=dev).to(dt)
         xd = x.double() * keep.double()
+        # the default launch configs, and others (split K, smaller tiles) that must agree
+        w = {"num_warps": 4, "num_stages": 2}
+        alt = ({"BM": 16, "BK": 64, "SPLIT": 3, **w}, {"BN": 32, "BK": 64, "ROWS": 64, **w},
+               {"BM": 32, "BK": 64, **w})
         checks = {
             "forward": (lora_a_forward(x, a, p, seed, c), c * xd @ a.double().t()),
             "grad_a": (lora_a_grad(g, x, p, seed), g.double().t() @ xd),
             "grad_x": (lora_x_grad_add(g0.clone(), g, a, p, seed),
                        g0.double() + (g.double() @ a.double()) * keep.double()),
         }
+        checks["forward split-K"] = (lora_a_forward(x, a, p, seed, c, alt[0]), checks["forward"][1])
+        checks["grad_a rows"] = (lora_a_grad(g, x, p, seed, alt[1]), checks["grad_a"][1])
+        checks["grad_x tiles"] = (lora_x_grad_add(g0.clone(), g, a, p, seed, alt[2]),
+                                  checks["grad_x"][1])
         for name, (out, ref) in checks.items():
             err = ((out.double() - ref).norm() / ref.norm()).item()
             # fp32: exact in the interpreter, tf32 dots on the GPU (~3e-4); 16-bit: output rounding

@@ -45,13 +45,17 @@ def group(name: str) -> str:
 
 
 class Profile(TrainerCallback):
-    def __init__(self, start: int, steps: int):
+    def __init__(self, start: int, steps: int, stacks: bool = False):
         self.start, self.steps, self.prof, self.t0, self.wall = start, steps, None, 0.0, 0.0
+        self.stacks = stacks
 
     def on_step_begin(self, args, state, control, **kw):
         if state.global_step == self.start:
             torch.cuda.synchronize()
-            self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+            acts = [torch.profiler.ProfilerActivity.CUDA]
+            if self.stacks:  # CPU ops + Python frames: where the GPU waits (slower steps)
+                acts.append(torch.profiler.ProfilerActivity.CPU)
+            self.prof = torch.profiler.profile(activities=acts, with_stack=self.stacks)
             self.prof.__enter__()
             self.t0 = time.perf_counter()
 
@@ -72,12 +76,68 @@ class Profile(TrainerCallback):
             by_kernel[evt.key][1] += evt.count // self.steps
         busy = sum(by_group.values())
         top = sorted(by_kernel.items(), key=lambda kv: -kv[1][0])[:25]
-        return {
+        out = {
             "wall_ms_per_step": 1e3 * self.wall / self.steps,
             "kernel_ms_per_step": busy,
             "groups_ms_per_step": dict(sorted(by_group.items(), key=lambda kv: -kv[1])),
             "top_kernels": [{"name": k[:140], "ms": v[0], "calls": v[1]} for k, v in top],
         }
+        if self.stacks:
+            out["idle"] = idle_attribution(self.prof, self.steps)
+        return out
+
+
+def idle_attribution(prof, steps: int, top: int = 40) -> dict:
+    """GPU idle time (no kernel, copy or memset on any stream) inside the profiled window, and
+    the CPU frames (Python functions, ops) that were running while the GPU sat idle: each frame
+    is charged the idle time that overlaps it (inclusive; nested frames each get it)."""
+    import bisect
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        prof.export_chrome_trace(f.name)
+        events = json.load(open(f.name))["traceEvents"]
+    busy = ("kernel", "gpu_memcpy", "gpu_memset")
+    gpu = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
+                 if e.get("cat") in busy and "dur" in e)  # fmt: skip
+    merged: list[list[float]] = []
+    for a, b in gpu:
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    gaps = [(merged[i][1], merged[i + 1][0]) for i in range(len(merged) - 1)]
+    starts, cum = [g[0] for g in gaps], [0.0]
+    for a, b in gaps:
+        cum.append(cum[-1] + b - a)
+
+    def idle_before(t: float) -> float:  # idle time in (first kernel, t]
+        i = bisect.bisect_right(starts, t)
+        if i == 0:
+            return 0.0
+        a, b = gaps[i - 1]
+        return cum[i - 1] + min(t, b) - a
+
+    charged: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])
+    for e in events:
+        if e.get("cat") not in ("python_function", "cpu_op", "cuda_runtime") or "dur" not in e:
+            continue
+        idle = idle_before(e["ts"] + e["dur"]) - idle_before(e["ts"])
+        row = charged[e["name"][:160]]
+        row[0] += idle / 1e3 / steps
+        row[1] += e["dur"] / 1e3 / steps
+        row[2] += 1
+    big = sorted(((b - a) for a, b in gaps), reverse=True)
+    rows = sorted(charged.items(), key=lambda kv: -kv[1][0])[:top]
+    return {
+        "idle_ms_per_step": cum[-1] / 1e3 / steps,
+        "gaps_over_1ms_per_step": sum(g > 1e3 for g in big) / steps,
+        "largest_gaps_ms": [round(g / 1e3, 2) for g in big[:12]],
+        "frames": [
+            {"name": k, "idle_ms": round(v[0], 2), "cpu_ms": round(v[1], 2), "calls": v[2] // steps}
+            for k, v in rows
+        ],  # fmt: skip
+    }
 
 
 def host_copy_gbps() -> dict:
@@ -102,6 +162,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--common", default=" ".join(COMMON))
     ap.add_argument("--profile-step", type=int, default=5)
+    ap.add_argument("--stacks", action="store_true", help="CPU frames behind GPU idle time")
     args = ap.parse_args()
 
     from hydra import compose, initialize_config_dir
@@ -118,7 +179,7 @@ def main() -> None:
         overrides = args.common.split() + variant.split()
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
             cfg = to_trial_config(compose(config_name="config", overrides=overrides))
-        prof = Profile(args.profile_step, 2)
+        prof = Profile(args.profile_step, 2, args.stacks)
 
         def build_with_profile(*a, **kw):
             trainer, meter = build(*a, **kw)
@@ -136,6 +197,7 @@ def main() -> None:
             "peak_allocated_gib": rec.get("peak_vram_allocated_gib"),
             "loss": [round(p["loss"], 4) for p in (rec.get("loss") or {}).get("curve", [])],
             "levers": rec.get("levers"),
+            "memory": rec.get("memory"),
             "profile": prof.summary() if prof.prof is not None and prof.wall else None,
         }  # fmt: skip
         result["runs"].append(run)
@@ -146,6 +208,13 @@ def main() -> None:
               f"ms, kernels {p.get('kernel_ms_per_step', 0):.0f} ms  "
               + " ".join(f"{k}={v:.0f}" for k, v in (p.get("groups_ms_per_step") or {}).items()),
               flush=True)  # fmt: skip
+        idle = p.get("idle")
+        if idle:
+            print(f"  GPU idle {idle['idle_ms_per_step']:.0f} ms/step, largest gaps "
+                  f"{idle['largest_gaps_ms']}", flush=True)  # fmt: skip
+            for fr in idle["frames"][:25]:
+                print(f"    {fr['idle_ms']:7.1f} idle {fr['cpu_ms']:8.1f} cpu {fr['calls']:6d}x "
+                      f"{fr['name'][:110]}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
