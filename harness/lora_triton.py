@@ -104,14 +104,16 @@ def _check(x: torch.Tensor) -> None:
 
 
 def launch_config(kernel: str, n: int, k: int) -> dict:
-    """Block sizes, splits and warps per kernel ('fwd', 'grad', 'xgrad') for x [n, k].
-    Chosen with reports/benchmarks/tune_lora_kernels.py on an H200 (results/h200_tune)."""
-    if kernel == "fwd":  # split K so that the grid fills the GPU several times over
-        return {"BM": 32, "BK": 128, "SPLIT": 1, "num_warps": 4, "num_stages": 3}
-    if kernel == "grad":
-        return {"BN": 64, "BK": 128, "ROWS": 1024 if n >= 4096 else 256, "num_warps": 4,
+    """Block sizes, splits and warps per kernel ('fwd', 'grad', 'xgrad') for x [n, k]: the
+    fastest of reports/benchmarks/tune_lora_kernels.py's sweep on an H200 at n = 8192, k = 4096
+    and 14336 (results/h200_tune/tune.json; 1.05-1.3x over the first configs)."""
+    wide = k > 8192
+    if kernel == "fwd":  # split K: more programs in flight than one per 32-64 rows
+        return {"BM": 64, "BK": 64 if wide else 128, "SPLIT": 8 if wide else 4, "num_warps": 4,
                 "num_stages": 3}  # fmt: skip
-    return {"BM": 64, "BK": 128, "num_warps": 4, "num_stages": 3}
+    if kernel == "grad":
+        return {"BN": 32 if wide else 64, "BK": 64, "ROWS": 256, "num_warps": 4, "num_stages": 3}
+    return {"BM": 32 if wide else 64, "BK": 128, "num_warps": 4, "num_stages": 3}
 
 
 def lora_a_forward(x: torch.Tensor, a: torch.Tensor, p: float, seed: int, c: float,

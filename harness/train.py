@@ -225,7 +225,9 @@ def build_trainer(
 
 
 def _flat_optimizer(trainer, callback: MeasureCallback) -> None:
-    """train.flat_optimizer: fold the optimizer HF builds into one update per param group."""
+    """train.flat_optimizer: fold the optimizer HF builds into one update per param group, and
+    clip the gradient norm over the trainable tensors alone (HF walks every parameter of the
+    model for it, several times a step: the same norm, from the same gradients)."""
     from harness.flat_optim import flatten_optimizer
 
     create = trainer.create_optimizer
@@ -235,4 +237,12 @@ def _flat_optimizer(trainer, callback: MeasureCallback) -> None:
         callback.flat_optimizer_tensors = flatten_optimizer(opt)
         return opt
 
+    trainable = [p for p in trainer.model.parameters() if p.requires_grad]
+
+    def clip_grad_norm(model):
+        trainer.accelerator.unscale_gradients()  # fp16's loss scaler, as accelerate does
+        return torch.nn.utils.clip_grad_norm_(trainable, trainer.args.max_grad_norm)
+
     trainer.create_optimizer = create_optimizer
+    if not (trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled):  # they clip their own way
+        trainer._clip_grad_norm = clip_grad_norm

@@ -92,6 +92,7 @@ def _pipeline(cfg, plan, rec, mem, clock, out_dir, on_eval, pool) -> None:
         )  # fmt: skip
         dtype = models.DTYPES[cfg.quant.compute_dtype]
         rec["levers"] = levers.apply(model, cfg.train, compute_dtype=dtype)
+        models.release_cached_memory()  # what the levers moved or cast away, before it is reused
     rec["model"] = models.shape_summary(cfg.model, plan.hf_config, random_weights=random_weights)
     rec["params"] = models.count_params(model)
 
