@@ -48,7 +48,7 @@ class PhaseMemory:
         if self.kind == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-            self._start = (torch.cuda.memory_allocated(), torch.cuda.memory_reserved())
+            self._start_mem = (torch.cuda.memory_allocated(), torch.cuda.memory_reserved())
             return None
         proc, self._rss_peak = psutil.Process(), psutil.Process().memory_info().rss
         self._stop.clear()
@@ -67,8 +67,8 @@ class PhaseMemory:
             return {
                 "peak_allocated_gib": torch.cuda.max_memory_allocated() / GIB,
                 "peak_reserved_gib": torch.cuda.max_memory_reserved() / GIB,
-                "start_allocated_gib": self._start[0] / GIB,  # held when the phase began
-                "start_reserved_gib": self._start[1] / GIB,
+                "start_allocated_gib": self._start_mem[0] / GIB,  # held when the phase began
+                "start_reserved_gib": self._start_mem[1] / GIB,
             }
         self._stop.set()
         sampler.join()
