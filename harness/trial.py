@@ -25,7 +25,7 @@ from harness import data as data_mod
 from harness import flops, levers, models, preflight_checks
 from harness.config import TrialConfig
 from harness.measure import PhaseMemory, Stopwatch, device_info, environment, throughput
-from harness.record import SCHEMA_VERSION, write_record
+from harness.record import RECORD_NAME, SCHEMA_VERSION, write_record
 from harness.train import NonFiniteLoss, Pruned, build_trainer
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,9 @@ def run_trial(
 
     Raises ConfigError (before any model is loaded) for bad settings.
     """
+    if (Path(out_dir) / RECORD_NAME).exists():  # before any work: its result could not be kept
+        raise FileExistsError(f"{Path(out_dir) / RECORD_NAME} exists; records are append-only "
+                              "(choose another out_dir / hydra.sweep.dir)")  # fmt: skip
     plan = preflight_checks.preflight(cfg)
     rec = _new_record(cfg, overrides, choices, plan)
     mem, clock = PhaseMemory(plan.device), Stopwatch()

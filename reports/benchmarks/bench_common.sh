@@ -10,6 +10,7 @@ COMMON=('eval.tasks=[]' data.max_seq_len=2048 data.packing=true data.packing_str
 keep() { tar czf "$OUT/records-$1.tgz" --exclude='*.safetensors' --exclude='trainer' -C /tmp/rec .; }
 sweep() {  # sweep NAME OVERRIDES...: one `python -m harness -m` process, wall time recorded
   local name=$1 t0 t1; shift
+  if [ -e /tmp/rec/$name ]; then echo "sweep: /tmp/rec/$name exists (records are append-only)" >&2; return 1; fi
   mkdir -p /tmp/rec/$name
   t0=$(date +%s.%N)
   python3 -m harness -m "${COMMON[@]}" "$@" hydra.sweep.dir=/tmp/rec/$name \
