@@ -12,15 +12,16 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
-SWEEPS = ("h200_b4", "h200_fresh", "b4_presets", "b4_factorial", "b4_fraction", "b4_fp4",
+SWEEPS = ("h200_v2", "h200_b4", "h200_fresh", "b4_presets", "b4_factorial", "b4_fraction", "b4_fp4",
           "b1_presets", "qwen_b4", "qwen_b1", "smollm2_b4")  # fmt: skip
 LEVERS = {"kernels": "liger", "lora_kernel": "fused", "frozen_dtype": "bf16"}
+FLAGS = {"flat_optimizer": "flat"}  # boolean levers, named when on (absent in older records)
 
 
 def setting(rec: dict) -> str:
     """A short name of the levers a record ran with: 'plain' or e.g. 'liger+bf16, sel 0.875'."""
     t, lora = rec["config"]["train"], rec["config"]["lora"]
-    on = [v for k, v in LEVERS.items() if t[k] == v]
+    on = [v for k, v in LEVERS.items() if t[k] == v] + [v for k, v in FLAGS.items() if t.get(k)]
     ckpt = {"full": "", "none": "no ckpt", "offload": "offload",
             "selective": f"sel {t['checkpoint_fraction']}"}[t["checkpointing"]]  # fmt: skip
     name = "+".join(on) or "plain"
@@ -100,17 +101,23 @@ def plot(table: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    marks = (("h200_b4", "*"), ("b4_presets", "o"), ("b4_factorial", "s"), ("b4_fraction", "^"))
+    marks = (
+        ("h200_v2", "P"),
+        ("h200_b4", "*"),
+        ("b4_presets", "o"),
+        ("b4_factorial", "s"),
+        ("b4_fraction", "^"),
+    )
     for sweep, marker in marks:
         pts = [r for r in table if r["sweep"] == sweep]
         ax.scatter([r["reserved_gib"] for r in pts], [r["tokens_per_s"] for r in pts],
                    marker=marker, label=f"{sweep} ({pts[0]['gpu'] if pts else ''})",
-                   s=120 if marker == "*" else 36)  # fmt: skip
+                   s=120 if marker in "*P" else 36)  # fmt: skip
         for r in pts:
             ax.annotate(r["setting"].split(" (")[0], (r["reserved_gib"], r["tokens_per_s"]),
                         fontsize=6, xytext=(3, 3), textcoords="offset points")  # fmt: skip
     ax.set(xlabel="peak reserved VRAM, train phase (GiB)", ylabel="tokens/s (all tokens)",
-           title="llama3-8b shape, nf4, seq 2048, batch 4 (H200 row: new kernels)")  # fmt: skip
+           title="llama3-8b shape, nf4, seq 2048, batch 4 (H200 rows: new kernels)")  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
