@@ -83,12 +83,17 @@ def run_trial(
 
 
 def _pipeline(cfg, plan, rec, mem, clock, out_dir, on_eval, pool) -> None:
+    import transformers
+
     # 1. load + quantize (or reuse the pool's quantized base) and attach the adapter
     with mem.phase("load"), clock("load"):
         weights, tok_src, random_weights = models.weights_source(cfg.model, seed=cfg.train.seed)
         tokenizer = models.load_tokenizer(tok_src)
         base = pool.get(cfg.model, cfg.quant, plan.device) if pool else None
         base = base or models.load_base(weights, cfg.quant, device=plan.device)
+        # the adapter's random init (LoRA A) from train.seed: the same in a sweep's 5th trial as
+        # in a fresh process, so trials that differ in one setting start from the same weights
+        transformers.set_seed(cfg.train.seed)
         model = models.attach_adapter(
             base, cfg.lora, cfg.quant, targets=plan.targets,
             checkpointing=cfg.train.checkpointing != "none",
