@@ -21,10 +21,11 @@ FLAGS = {"flat_optimizer": "flat"}  # boolean levers, named when on (absent in o
 def setting(rec: dict) -> str:
     """A short name of the levers a record ran with: 'plain' or e.g. 'liger+bf16, sel 0.875'."""
     t, lora = rec["config"]["train"], rec["config"]["lora"]
-    on = [v for k, v in LEVERS.items() if t[k] == v] + [v for k, v in FLAGS.items() if t.get(k)]
+    on = [v for k, v in LEVERS.items() if t[k] == v] or ["plain"]
+    on += [v for k, v in FLAGS.items() if t.get(k)]
     ckpt = {"full": "", "none": "no ckpt", "offload": "offload",
             "selective": f"sel {t['checkpoint_fraction']}"}[t["checkpointing"]]  # fmt: skip
-    name = "+".join(on) or "plain"
+    name = "+".join(on)
     name += f", {ckpt}" if ckpt else ""
     name += ", dropout 0" if lora["dropout"] == 0 else ""
     engine = (rec.get("choices") or {}).get("engine")
@@ -41,7 +42,8 @@ def rows() -> list[dict]:
     for sweep in SWEEPS:
         recs = [json.loads(p.read_text()) for p in sorted((HERE / "results" / sweep).glob("*.json"))
                 if p.name != "wall.json"]  # fmt: skip
-        plain = {r["config"]["lora"]["dropout"]: r for r in recs if setting(r).startswith("plain")}
+        plain = {r["config"]["lora"]["dropout"]: r for r in recs
+                 if setting(r).split(",")[0] == "plain"}  # fmt: skip
         for r in recs:
             tp, c = r["throughput"], r["config"]
             ref = plain.get(c["lora"]["dropout"]) or plain.get(0.05)
