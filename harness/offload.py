@@ -123,5 +123,6 @@ def expandable_segments(on: bool) -> bool:
     memory tracks allocated memory (less fragmentation). Process-wide; set per trial."""
     if not torch.cuda.is_available():
         return False
-    torch.cuda.memory._set_allocator_settings(f"expandable_segments:{on}")
+    setting = getattr(torch._C, "_accelerator_setAllocatorSettings", None)  # torch >= 2.9
+    (setting or torch.cuda.memory._set_allocator_settings)(f"expandable_segments:{on}")
     return on

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from harness import data as data_mod
-from harness import flops, levers, models, preflight_checks
+from harness import flops, levers, models, offload, preflight_checks
 from harness.config import TrialConfig
 from harness.measure import PhaseMemory, Stopwatch, device_info, environment, throughput
 from harness.record import RECORD_NAME, SCHEMA_VERSION, write_record
@@ -89,6 +89,9 @@ def _pipeline(cfg, plan, rec, mem, clock, out_dir, on_eval, pool) -> None:
     with mem.phase("load"), clock("load"):
         weights, tok_src, random_weights = models.weights_source(cfg.model, seed=cfg.train.seed)
         tokenizer = models.load_tokenizer(tok_src)
+        # before the base loads: its weights then sit in expandable segments too, which
+        # empty_cache can hand back in part (levers.apply sets it again, idempotently)
+        offload.expandable_segments(cfg.train.expandable_segments)
         base = pool.get(cfg.model, cfg.quant, plan.device) if pool else None
         base = base or models.load_base(weights, cfg.quant, device=plan.device)
         # the adapter's random init (LoRA A) from train.seed: the same in a sweep's 5th trial as
