@@ -126,3 +126,19 @@ def test_cuda_trial_reports_vram_not_rss(tmp_path):
     assert proc.returncode == 0 and rec["memory"]["kind"] == "cuda"
     assert rec["peak_vram_reserved_gib"] >= rec["peak_vram_allocated_gib"] > 0
     assert rec["optimizer"]["used"] == "paged_adamw_8bit"
+
+
+def test_trial_refuses_an_out_dir_that_holds_a_record_before_any_work(tmp_path):
+    """Records are append-only: a trial pointed at a used dir fails at once (it could not keep
+    its result), and the existing record is untouched."""
+    from conftest import compose_cfg
+
+    from harness.config import to_trial_config
+    from harness.trial import run_trial
+
+    (tmp_path / "record.json").write_text('{"status": "success"}')
+    cfg = to_trial_config(compose_cfg([*TINY, "train.device=cpu"]))
+    with pytest.raises(FileExistsError, match="append-only"):
+        run_trial(cfg, tmp_path)
+    assert os.listdir(tmp_path) == ["record.json"]  # no trainer dir, adapter or log: no work ran
+    assert json.loads((tmp_path / "record.json").read_text()) == {"status": "success"}
