@@ -18,21 +18,23 @@ import torch
 BLOCK = 256  # bitsandbytes' blockwise optimizer-state block size
 
 
-def _overridden(p: torch.Tensor) -> bool:
-    """bitsandbytes per-parameter settings (e.g. HF's 32-bit state for embeddings) find their
-    parameter by id or data pointer, which folding would change: such tensors stay alone."""
+def _overridden() -> tuple[set[int], set[int]]:
+    """(ids, data pointers) of the tensors with bitsandbytes per-parameter settings (e.g. HF's
+    32-bit state for embeddings): found by id or data pointer, which folding would change, so
+    such tensors stay alone."""
     try:
         from bitsandbytes.optim import GlobalOptimManager
     except ImportError:
-        return False
+        return set(), set()
     mng = GlobalOptimManager.get_instance()
     ptrs = {getattr(m, name).data_ptr() for m, name, _ in mng.module_weight_config_triple}
-    return id(p) in mng.pid2config or p.data_ptr() in ptrs
+    return set(mng.pid2config), ptrs
 
 
-def flattenable(opt: torch.optim.Optimizer, p: torch.Tensor) -> bool:
+def flattenable(opt: torch.optim.Optimizer, p: torch.Tensor, overridden=None) -> bool:
     """True where the tensor's update is the same alone or inside the flat buffer."""
-    if _overridden(p):
+    ids, ptrs = overridden or _overridden()
+    if id(p) in ids or p.data_ptr() in ptrs:
         return False
     args = getattr(opt, "args", None)  # bitsandbytes' optimizer settings
     if args is not None and (getattr(args, "percentile_clipping", 100) < 100
@@ -53,13 +55,15 @@ def flatten_optimizer(opt: torch.optim.Optimizer) -> int:
     if opt.state:
         raise RuntimeError("train.flat_optimizer: the optimizer already has state")
     folds: list[tuple[list[torch.Tensor], torch.nn.Parameter]] = []
+    overridden = _overridden()
     for group in opt.param_groups:
         buckets: dict[tuple, list[torch.Tensor]] = {}
+        keep, flats = [], []
         for p in group["params"]:
-            if flattenable(opt, p):
+            if flattenable(opt, p, overridden):
                 buckets.setdefault((p.dtype, p.device), []).append(p)
-        keep = [p for p in group["params"] if not any(p is q for b in buckets.values() for q in b)]
-        flats = []
+            else:
+                keep.append(p)
         for members in buckets.values():
             if len(members) < 2:
                 keep.extend(members)

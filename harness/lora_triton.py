@@ -106,7 +106,7 @@ def _check(x: torch.Tensor) -> None:
 def launch_config(kernel: str, n: int, k: int) -> dict:
     """Block sizes, splits and warps per kernel ('fwd', 'grad', 'xgrad') for x [n, k]: the
     fastest of reports/benchmarks/tune_lora_kernels.py's sweep on an H200 at n = 8192, k = 4096
-    and 14336 (results/h200_tune/tune.json; 1.05-1.3x over the first configs)."""
+    and 14336 (results/h200_diag/tune.json; 1.05-1.3x over the first configs)."""
     wide = k > 8192
     if kernel == "fwd":  # split K: more programs in flight than one per 32-64 rows
         return {"BM": 64, "BK": 64 if wide else 128, "SPLIT": 8 if wide else 4, "num_warps": 4,
