@@ -35,6 +35,7 @@ SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 CHECKPOINTING = ("none", "full", "selective", "offload")
 KERNELS = ("none", "liger")
 LORA_KERNELS = ("peft", "fused")
+DEQUANT_KERNELS = ("bnb", "triton")
 FROZEN_DTYPES = ("fp32", "bf16")
 PACKING_STRATEGIES = ("bfd", "wrapped")
 DEVICES = ("auto", "cpu", "cuda")
@@ -182,6 +183,7 @@ class TrainConfig:
     checkpoint_fraction: float = 0.5  # selective: share of decoder layers recomputed
     kernels: str = "none"  # none | liger: Triton RMSNorm + SwiGLU (CUDA)
     lora_kernel: str = "peft"  # peft | fused: one autograd op for the LoRA branch
+    dequant_kernel: str = "bnb"  # bnb | triton: 4-bit dequant inside lora_kernel=fused (CUDA)
     frozen_dtype: str = "fp32"  # fp32 (peft's upcast) | bf16: embeddings, norms, head
     embeddings_on_cpu: bool = False  # frozen input embedding table in host memory (CUDA)
     expandable_segments: bool = False  # PyTorch allocator: expandable segments (CUDA)
@@ -217,6 +219,7 @@ class TrainConfig:
             raise ConfigError("train.checkpoint_fraction", self.checkpoint_fraction, "in (0, 1]")
         _one_of("train.kernels", self.kernels, KERNELS)
         _one_of("train.lora_kernel", self.lora_kernel, LORA_KERNELS)
+        _one_of("train.dequant_kernel", self.dequant_kernel, DEQUANT_KERNELS)
         _one_of("train.frozen_dtype", self.frozen_dtype, FROZEN_DTYPES)
         _one_of("train.device", self.device, DEVICES)
         _one_of("train.inject_fault", self.inject_fault, FAULTS)

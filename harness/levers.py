@@ -4,6 +4,7 @@ a sweep's pool never carries the previous trial's choice.
 
     train.kernels=liger           Liger's Triton RMSNorm, SwiGLU and RoPE (CUDA + triton)
     train.lora_kernel=fused       each adapted Linear as one autograd op (harness/lora_op.py)
+    train.dequant_kernel=triton   the fused op's 4-bit dequantization in one Triton kernel
     train.frozen_dtype=bf16       undo peft's fp32 upcast of embeddings, norms and head
     train.checkpointing=selective recompute train.checkpoint_fraction of the decoder layers
     train.checkpointing=offload   recompute every layer, layer inputs parked in host memory
@@ -40,6 +41,7 @@ def check(tcfg: TrainConfig, device: str) -> None:
                 "train.kernels", "liger", f"pip install liger-kernel ({e}); allowed: none"
             ) from None
     cuda_only = {
+        "train.dequant_kernel": tcfg.dequant_kernel == "triton" and "triton",
         "train.checkpointing": tcfg.checkpointing == "offload" and "offload",
         "train.embeddings_on_cpu": tcfg.embeddings_on_cpu,
         "train.expandable_segments": tcfg.expandable_segments,
@@ -53,7 +55,9 @@ def apply(model, tcfg: TrainConfig, *, compute_dtype: torch.dtype) -> dict:
     """Set every lever on `model` (a peft model) as `tcfg` says. Returns what was applied."""
     applied = {"frozen_cast": _frozen_dtype(model, tcfg.frozen_dtype, compute_dtype)}
     applied.update(_kernels(model, tcfg.kernels))
-    applied["lora_fused"] = _lora_kernel(model, tcfg.lora_kernel)
+    applied["lora_fused"], applied["dequant_triton"] = _lora_kernel(
+        model, tcfg.lora_kernel, tcfg.dequant_kernel
+    )
     applied.update(_checkpointing(model, tcfg.checkpointing, tcfg.checkpoint_fraction))
     applied["embeddings_on_cpu"] = offload.embeddings_on_cpu(model, tcfg.embeddings_on_cpu)
     applied["expandable_segments"] = offload.expandable_segments(tcfg.expandable_segments)
@@ -142,16 +146,21 @@ def _liger_swiglu(self, x):
     return self.down_proj(LigerSiLUMulFunction.apply(self.gate_proj(x), self.up_proj(x)))
 
 
-def _lora_kernel(model, kernel: str) -> int:
-    n = 0
+def _lora_kernel(model, kernel: str, dequant: str = "bnb") -> tuple[int, int]:
+    """(adapted Linear layers on the fused op, of them dequantized by the Triton kernel)."""
+    n = n_triton = 0
     for module in model.modules():
         if not (hasattr(module, "lora_A") and hasattr(module, "base_layer")):
             continue
         _restore(module)
+        vars(module.base_layer).pop(lora_op.DEQUANT_ATTR, None)
         if kernel == "fused":
             _bind(module, _fused_lora_forward, "fused")
             n += 1
-    return n
+            if dequant == "triton" and lora_op.triton_dequant_ok(module.base_layer):
+                setattr(module.base_layer, lora_op.DEQUANT_ATTR, True)
+                n_triton += 1
+    return n, n_triton
 
 
 def _single_plain_adapter(layer, kwargs) -> str | None:

@@ -11,7 +11,9 @@ What it saves and moves, where peft's three modules differ:
   Triton kernels that read x once (harness/lora_triton.py), on the CPU as a seeded tensor;
 - the branch is accumulated into the base output in place (addmm), and in backward the LoRA
   input-gradient is added into the base's in place: no separate add passes;
-- the base weight is dequantized once in forward and once in backward, as bitsandbytes does.
+- the base weight is dequantized once in forward and once in backward, as bitsandbytes does;
+  with train.dequant_kernel=triton by one kernel that writes bitsandbytes' values bit for bit
+  (harness/dequant_triton.py).
 """
 
 import importlib.util
@@ -35,9 +37,29 @@ def _use_triton(x: torch.Tensor, p: float) -> bool:
     return bool(p) and _HAS_TRITON and x.device.type == "cuda" and x.shape[-1] % 4 == 0
 
 
+DEQUANT_ATTR = "_harness_dequant_triton"  # set on a base layer by levers (train.dequant_kernel)
+
+
+def triton_dequant_ok(layer) -> bool:
+    """A bitsandbytes 4-bit layer on CUDA whose weight the Triton kernel reproduces exactly."""
+    weight = getattr(layer, "weight", None)
+    if weight is None or weight.__class__.__name__ != "Params4bit" or not weight.is_cuda:
+        return False
+    state = getattr(weight, "quant_state", None)
+    if state is None or not _HAS_TRITON:
+        return False
+    from harness.dequant_triton import supported
+
+    return supported(weight.data, state) is None
+
+
 def base_weight(layer, dtype: torch.dtype) -> torch.Tensor:
     """The frozen base weight [out, in] in `dtype`: dequantized for a bitsandbytes 4-bit layer."""
     weight = layer.weight
+    if vars(layer).get(DEQUANT_ATTR):
+        from harness.dequant_triton import dequantize_4bit
+
+        return dequantize_4bit(weight.data, weight.quant_state, dtype)
     if weight.__class__.__name__ == "Params4bit":
         import bitsandbytes.functional as bnbf
 

@@ -45,7 +45,7 @@ def group(name: str) -> str:
 
 
 class Profile(TrainerCallback):
-    def __init__(self, start: int, steps: int, stacks: bool = False):
+    def __init__(self, start: int, steps: int, stacks: str | None = None):
         self.start, self.steps, self.prof, self.t0, self.wall = start, steps, None, 0.0, 0.0
         self.stacks = stacks
 
@@ -53,9 +53,9 @@ class Profile(TrainerCallback):
         if state.global_step == self.start:
             torch.cuda.synchronize()
             acts = [torch.profiler.ProfilerActivity.CUDA]
-            if self.stacks:  # CPU ops + Python frames: where the GPU waits (slower steps)
+            if self.stacks:  # CPU ops (+ Python frames for "stacks"): where the GPU waits
                 acts.append(torch.profiler.ProfilerActivity.CPU)
-            self.prof = torch.profiler.profile(activities=acts, with_stack=self.stacks)
+            self.prof = torch.profiler.profile(activities=acts, with_stack=self.stacks == "stacks")
             self.prof.__enter__()
             self.t0 = time.perf_counter()
 
@@ -85,6 +85,39 @@ class Profile(TrainerCallback):
         if self.stacks:
             out["idle"] = idle_attribution(self.prof, self.steps)
         return out
+
+
+def _short(name: str) -> str:
+    return re.sub(r"<.*", "", name.replace("void ", ""))[:60]
+
+
+def gap_neighbours(events: list, gaps: list, steps: int, top: int = 30) -> list[dict]:
+    """Idle gaps (> 50 us) grouped by the kernel that ended before and the one that started after,
+    with the CPU op or runtime call that was running when the gap began (a sync shows up as
+    cudaStreamSynchronize / aten::_local_scalar_dense): which phase of a step the GPU waits in."""
+    import bisect
+
+    kern = sorted((e["ts"], e["ts"] + e["dur"], e["name"]) for e in events
+                  if e.get("cat") == "kernel" and "dur" in e)  # fmt: skip
+    ends = sorted((b, n) for _, b, n in kern)
+    end_ts = [b for b, _ in ends]
+    starts = [a for a, _, _ in kern]
+    cpu = sorted((e["ts"], e["ts"] + e["dur"], e["name"]) for e in events
+                 if e.get("cat") in ("cpu_op", "cuda_runtime") and "dur" in e)  # fmt: skip
+    rows: dict = defaultdict(lambda: [0.0, 0])
+    for a, b in gaps:
+        if b - a < 50:
+            continue
+        i, j = bisect.bisect_right(end_ts, a + 1e-3) - 1, bisect.bisect_left(starts, b - 1e-3)
+        before = _short(ends[i][1]) if i >= 0 else "-"
+        after = _short(kern[j][2]) if j < len(kern) else "-"
+        running = [n for s, e, n in cpu if s <= a <= e]  # outermost first (sorted by start)
+        key = (before, after, " > ".join(running[:1] + running[-1:]) if running else "-")
+        rows[key][0] += (b - a) / 1e3 / steps
+        rows[key][1] += 1
+    out = sorted(rows.items(), key=lambda kv: -kv[1][0])[:top]
+    return [{"before": k[0], "after": k[1], "cpu": k[2][:120], "ms_per_step": round(v[0], 3),
+             "count": v[1]} for k, v in out]  # fmt: skip
 
 
 def idle_attribution(prof, steps: int, top: int = 40) -> dict:
@@ -128,11 +161,13 @@ def idle_attribution(prof, steps: int, top: int = 40) -> dict:
         row[1] += e["dur"] / 1e3 / steps
         row[2] += 1
     big = sorted(((b - a) for a, b in gaps), reverse=True)
+    neighbours = gap_neighbours(events, gaps, steps)
     rows = sorted(charged.items(), key=lambda kv: -kv[1][0])[:top]
     return {
         "idle_ms_per_step": cum[-1] / 1e3 / steps,
         "gaps_over_1ms_per_step": sum(g > 1e3 for g in big) / steps,
         "largest_gaps_ms": [round(g / 1e3, 2) for g in big[:12]],
+        "gaps_by_neighbours": neighbours,
         "frames": [
             {"name": k, "idle_ms": round(v[0], 2), "cpu_ms": round(v[1], 2), "calls": v[2] // steps}
             for k, v in rows
@@ -162,7 +197,19 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--common", default=" ".join(COMMON))
     ap.add_argument("--profile-step", type=int, default=5)
-    ap.add_argument("--stacks", action="store_true", help="CPU frames behind GPU idle time")
+    ap.add_argument(
+        "--stacks",
+        action="store_const",
+        const="stacks",
+        help="CPU frames (Python tracer) behind GPU idle time",
+    )
+    ap.add_argument(
+        "--gaps",
+        dest="stacks",
+        action="store_const",
+        const="gaps",
+        help="GPU idle gaps by neighbouring kernels and CPU op (no Python tracer)",
+    )
     args = ap.parse_args()
 
     from hydra import compose, initialize_config_dir
@@ -212,7 +259,10 @@ def main() -> None:
         if idle:
             print(f"  GPU idle {idle['idle_ms_per_step']:.0f} ms/step, largest gaps "
                   f"{idle['largest_gaps_ms']}", flush=True)  # fmt: skip
-            for fr in idle["frames"][:25]:
+            for g in idle["gaps_by_neighbours"][:20]:
+                print(f"    gap {g['ms_per_step']:7.2f} ms/step {g['count']:4d}x  {g['before']} -> "
+                      f"{g['after']}  [{g['cpu']}]", flush=True)  # fmt: skip
+            for fr in idle["frames"][: 25 if args.stacks == "stacks" else 0]:
                 print(f"    {fr['idle_ms']:7.1f} idle {fr['cpu_ms']:8.1f} cpu {fr['calls']:6d}x "
                       f"{fr['name'][:110]}", flush=True)  # fmt: skip
 
