@@ -61,26 +61,41 @@ def supported(packed: torch.Tensor, state) -> str | None:
     return None
 
 
-def dequantize_4bit(packed: torch.Tensor, state, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """bitsandbytes.functional.dequantize_4bit(packed, state), then .to(dtype), in one kernel."""
+_ARGS = "_harness_dequant_args"  # launch arguments, cached on the quant state (host time counts)
+
+
+def _launch_args(packed: torch.Tensor, state) -> tuple:
+    key = (packed.data_ptr(), packed.device)  # weight.data is a new tensor object per access
+    args = vars(state).get(_ARGS)
+    if args is not None and args[0] == key:
+        return args
     why = supported(packed, state)
     if why is not None:
         raise ValueError(f"dequant_triton: unsupported weight: {why}")
-    # bitsandbytes writes state.dtype (the weight's dtype before quantizing); .to(dtype) after it
-    out = torch.empty(tuple(state.shape), dtype=state.dtype, device=packed.device)
-    n_bytes = packed.numel()
-    nested = bool(state.nested)
-    s2 = state.state2 if nested else None
     code = state.code.to(device=packed.device, dtype=torch.float32)
     if code.numel() != 16:
         raise ValueError(f"dequant_triton: a 4-bit code table has 16 values, not {code.numel()}")
+    nested = bool(state.nested)
+    s2 = state.state2 if nested else None
     absmax = state.absmax if nested else state.absmax.float()
-    opts = {} if os.environ.get("TRITON_INTERPRET") == "1" else {"enable_fp_fusion": False}
-    grid = (triton.cdiv(n_bytes, _BYTES_PER_PROGRAM),)
-    _dequant4[grid](
-        packed, absmax, code, s2.code if nested else code, s2.absmax if nested else absmax,
-        state.offset if nested else absmax, out, n_bytes,
-        BLOCK=int(state.blocksize), BLOCK2=int(s2.blocksize) if nested else 1, NESTED=nested,
-        BB=_BYTES_PER_PROGRAM, num_warps=8, **opts,
-    )  # fmt: skip
+    ptrs = (code, s2.code if nested else code, s2.absmax if nested else absmax)
+    offset = state.offset if nested else absmax
+    meta = {"BLOCK": int(state.blocksize), "BLOCK2": int(s2.blocksize) if nested else 1,
+            "NESTED": nested, "BB": _BYTES_PER_PROGRAM, "num_warps": 8}  # fmt: skip
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        meta["enable_fp_fusion"] = False
+    grid = (triton.cdiv(packed.numel(), _BYTES_PER_PROGRAM),)
+    args = (key, absmax, ptrs, offset, tuple(state.shape), state.dtype, grid, meta)
+    setattr(state, _ARGS, args)
+    return args
+
+
+def dequantize_4bit(packed: torch.Tensor, state, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """bitsandbytes.functional.dequantize_4bit(packed, state), then .to(dtype), in one kernel."""
+    _, absmax, (code, code2, absmax2), offset, shape, wdtype, grid, meta = _launch_args(
+        packed, state
+    )
+    # bitsandbytes writes state.dtype (the weight's dtype before quantizing); .to(dtype) after it
+    out = torch.empty(shape, dtype=wdtype, device=packed.device)
+    _dequant4[grid](packed, absmax, code, code2, absmax2, offset, out, packed.numel(), **meta)
     return out if dtype is None else out.to(dtype)
