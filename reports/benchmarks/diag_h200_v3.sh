@@ -11,5 +11,5 @@ timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_dequant.py tests
   2>&1 | tail -4 | tee "$OUT/pytest_cuda.log"
 python3 -c "from harness.models import _random_weights_dir as w; print(w('llama3-8b', 0))"
 timeout 240 python3 reports/benchmarks/profile_step.py --gaps --out "$OUT/profile_gaps.json" \
-  "engine=fast train.dequant_kernel=bnb" "engine=fast train.dequant_kernel=triton" \
+  "engine=fast train.dequant_kernel=bnb" "engine=fast train.dequant_kernel=triton" "engine=lean" \
   2>&1 | grep -v -i warn | tail -70
