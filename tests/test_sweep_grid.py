@@ -200,3 +200,18 @@ def test_pool_memo_makes_once_per_key_and_stays_bounded():
     for k in range(2, 7):
         pool.cached(("rows", "train", k), make(k))
     assert len(pool.memo) == 4 and ("rows", "train", 1) not in pool.memo
+
+
+def test_pool_keeps_a_base_only_for_the_allocator_layout_it_was_loaded_under():
+    """A base loaded into ordinary CUDA segments is not handed to a trial that wants expandable
+    ones (its partly used segments would stay reserved in that trial's memory), and back."""
+    from harness.config import ModelConfig, QuantConfig
+    from harness.models import BasePool
+
+    pool, m, q, base = BasePool(), ModelConfig(), QuantConfig(), object()
+    pool.put(m, q, "cuda", base, False)
+    assert pool.get(m, q, "cuda", True) is None and not pool.entries  # freed, reloaded
+    pool.put(m, q, "cuda", base, True)
+    assert pool.get(m, q, "cuda", True) is base and pool.hits == 1
+    pool.put(m, q, "cpu", base, True)  # no allocator setting on the CPU: one layout
+    assert pool.get(m, q, "cpu", False) is base

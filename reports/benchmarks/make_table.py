@@ -2,8 +2,10 @@
 
     .venv/bin/python reports/benchmarks/make_table.py   # -> table.md, speed_memory.png
 
-Ratios are taken only against the plain stack of the SAME sweep process (same GPU, data, seed);
-a sweep without a plain row gets no ratio.
+Ratios are taken against the plain stack of the SAME sweep process (same GPU, data, seed), the
+mean of its plain rows where it ran twice (h200_v3_a); h200_v3_b, which has no plain row, ran
+right after h200_v3_a in the same device call on the same machine and takes its reference from
+there (REFERENCE). Any other sweep without a plain row gets no ratio.
 """
 
 import json
@@ -12,10 +14,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
-SWEEPS = ("h200_v2", "h200_b4", "h200_fresh", "b4_presets", "b4_factorial", "b4_fraction", "b4_fp4",
-          "b1_presets", "qwen_b4", "qwen_b1", "smollm2_b4")  # fmt: skip
+SWEEPS = ("h200_v3_a", "h200_v3_b", "h200_v3_b1", "h200_v3_fp4", "h200_v3_qwen_b4",
+          "h200_v3_qwen_b1", "h200_v3_smollm2_b4", "h200_v2", "h200_b4", "h200_fresh",
+          "b4_presets", "b4_factorial", "b4_fraction", "b4_fp4", "b1_presets", "qwen_b4",
+          "qwen_b1", "smollm2_b4")  # fmt: skip
 LEVERS = {"kernels": "liger", "lora_kernel": "fused", "frozen_dtype": "bf16"}
-FLAGS = {"flat_optimizer": "flat"}  # boolean levers, named when on (absent in older records)
+FLAGS = {"flat_optimizer": "flat", "embeddings_on_cpu": "emb cpu"}  # named when on
+REFERENCE = {"h200_v3_b": "h200_v3_a"}  # sweep -> the sweep whose plain rows it is compared with
 
 
 def setting(rec: dict) -> str:
@@ -23,6 +28,7 @@ def setting(rec: dict) -> str:
     t, lora = rec["config"]["train"], rec["config"]["lora"]
     on = [v for k, v in LEVERS.items() if t[k] == v] or ["plain"]
     on += [v for k, v in FLAGS.items() if t.get(k)]
+    on += ["dq"] if (rec.get("levers") or {}).get("dequant_triton") else []  # Triton dequant
     ckpt = {"full": "", "none": "no ckpt", "offload": "offload",
             "selective": f"sel {t['checkpoint_fraction']}"}[t["checkpointing"]]  # fmt: skip
     name = "+".join(on)
@@ -37,13 +43,28 @@ def _is_preset(rec: dict) -> bool:
     return not any(f"train.{k}=" in over for k in (*LEVERS, "checkpoint_fraction"))
 
 
+def _records(sweep: str) -> list[dict]:
+    paths = sorted((HERE / "results" / sweep).glob("*.json"), key=lambda p: (len(p.name), p.name))
+    return [json.loads(p.read_text()) for p in paths if p.name != "wall.json"]
+
+
+def _plain(recs: list[dict]) -> dict[float, dict]:
+    """dropout -> the plain reference: tokens/s and reserved GiB, the mean over its plain rows."""
+    by: dict[float, list[dict]] = {}
+    for r in recs:
+        if setting(r).split(",")[0] == "plain":
+            by.setdefault(r["config"]["lora"]["dropout"], []).append(r)
+    return {d: {"throughput": {"padded_tokens_per_s": sum(r["throughput"]["padded_tokens_per_s"]
+                                                         for r in rs) / len(rs)},
+                "peak_vram_reserved_gib": sum(r["peak_vram_reserved_gib"] for r in rs) / len(rs)}
+            for d, rs in by.items()}  # fmt: skip
+
+
 def rows() -> list[dict]:
     out = []
     for sweep in SWEEPS:
-        recs = [json.loads(p.read_text()) for p in sorted((HERE / "results" / sweep).glob("*.json"))
-                if p.name != "wall.json"]  # fmt: skip
-        plain = {r["config"]["lora"]["dropout"]: r for r in recs
-                 if setting(r).split(",")[0] == "plain"}  # fmt: skip
+        recs = _records(sweep)
+        plain = _plain(_records(REFERENCE[sweep]) if sweep in REFERENCE else recs)
         for r in recs:
             tp, c = r["throughput"], r["config"]
             ref = plain.get(c["lora"]["dropout"]) or plain.get(0.05)
@@ -104,6 +125,8 @@ def plot(table: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
     marks = (
+        ("h200_v3_a", "D"),
+        ("h200_v3_b", "X"),
         ("h200_v2", "P"),
         ("h200_b4", "*"),
         ("b4_presets", "o"),
@@ -114,12 +137,12 @@ def plot(table: list[dict], path: Path) -> None:
         pts = [r for r in table if r["sweep"] == sweep]
         ax.scatter([r["reserved_gib"] for r in pts], [r["tokens_per_s"] for r in pts],
                    marker=marker, label=f"{sweep} ({pts[0]['gpu'] if pts else ''})",
-                   s=120 if marker in "*P" else 36)  # fmt: skip
+                   s=120 if marker in "*PDX" else 36)  # fmt: skip
         for r in pts:
             ax.annotate(r["setting"].split(" (")[0], (r["reserved_gib"], r["tokens_per_s"]),
                         fontsize=6, xytext=(3, 3), textcoords="offset points")  # fmt: skip
     ax.set(xlabel="peak reserved VRAM, train phase (GiB)", ylabel="tokens/s (all tokens)",
-           title="llama3-8b shape, nf4, seq 2048, batch 4 (H200 rows: new kernels)")  # fmt: skip
+           title="llama3-8b shape, nf4, seq 2048, batch 4 (H200 v3: newest levers)")  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
