@@ -141,6 +141,17 @@ def plot(table: list[dict], path: Path) -> None:
         for r in pts:
             ax.annotate(r["setting"].split(" (")[0], (r["reserved_gib"], r["tokens_per_s"]),
                         fontsize=6, xytext=(3, 3), textcoords="offset points")  # fmt: skip
+    ref = _plain(_records("h200_v3_a")).get(0.05)
+    if ref:  # the targets against the v3 plain reference (mean of its two plain rows)
+        tok, gib = ref["throughput"]["padded_tokens_per_s"], ref["peak_vram_reserved_gib"]
+        ax.axhline(2 * tok, ls="--", lw=0.8, c="grey")
+        ax.axvline(gib, ls="--", lw=0.8, c="grey")
+        ax.axvline(0.4 * gib, ls=":", lw=0.8, c="grey")
+        ax.annotate(
+            "2x plain (v3)", (45, 2 * tok), fontsize=7, color="grey", va="bottom", ha="right"
+        )
+        for x, label in ((gib, "plain reserved"), (0.4 * gib, "0.4x")):
+            ax.annotate(label, (x, 13600), fontsize=7, color="grey", rotation=90, ha="right")
     ax.set(xlabel="peak reserved VRAM, train phase (GiB)", ylabel="tokens/s (all tokens)",
            title="llama3-8b shape, nf4, seq 2048, batch 4 (H200 v3: newest levers)")  # fmt: skip
     ax.grid(alpha=0.3)
