@@ -1,35 +1,22 @@
 """bitsandbytes' dequantize_4bit vs harness/dequant_triton.py on the GPU, at llama3-8b's Linear
 shapes (the 7 adapted Linear layers of a block): bit-for-bit agreement and time per call
-(CUDA events, median of 50 after 10 warm-up calls), NF4 and FP4, double quant on.
+(CUDA events, median of 50 after 10 warm-up calls: tune_lora_kernels.timed), NF4 and FP4,
+double quant on.
 
     python reports/benchmarks/dequant_bench.py --out $OUT/dequant.json
 """
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 SHAPES = {"q/o": (4096, 4096), "k/v": (1024, 4096), "gate/up": (14336, 4096), "down": (4096, 14336)}
 PER_BLOCK = {"q/o": 2, "k/v": 2, "gate/up": 2, "down": 1}
-
-
-def _time(fn, n=50, warm=10) -> float:
-    for _ in range(warm):
-        fn()
-    times = []
-    for _ in range(n):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -37,6 +24,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     import bitsandbytes.functional as F
+    from tune_lora_kernels import timed
 
     from harness.dequant_triton import dequantize_4bit
 
@@ -48,8 +36,8 @@ def main() -> None:
             q, st = F.quantize_4bit(w, blocksize=64, compress_statistics=True, quant_type=qt)
             ref, got = F.dequantize_4bit(q, st), dequantize_4bit(q, st)
             exact = bool(torch.equal(ref, got))
-            t_bnb = _time(lambda q=q, st=st: F.dequantize_4bit(q, st))
-            t_tri = _time(lambda q=q, st=st: dequantize_4bit(q, st))
+            t_bnb = timed(lambda q=q, st=st: F.dequantize_4bit(q, st), 50, 10)
+            t_tri = timed(lambda q=q, st=st: dequantize_4bit(q, st), 50, 10)
             moved = q.numel() + 2 * w.numel() + st.absmax.numel()  # bytes read + written
             row = {
                 "quant": qt, "layer": name, "shape": list(shape), "bit_exact": exact,

@@ -20,8 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from harness import lora_triton as lt  # noqa: E402
 
 
-def timed(fn, reps: int = 20) -> float:
-    for _ in range(3):
+def timed(fn, reps: int = 20, warm: int = 3) -> float:
+    """Median ms of `fn` over `reps` calls (CUDA events, launch included), after `warm` calls."""
+    for _ in range(warm):
         fn()
     times = []
     for _ in range(reps):
