@@ -11,6 +11,7 @@ is bitsandbytes' bit for bit; tests/test_dequant.py checks that against bitsandb
 (Triton's interpreter) and on CUDA.
 """
 
+import math
 import os
 
 import torch
@@ -44,9 +45,7 @@ def _dequant4(q_ptr, absmax_ptr, code_ptr, code2_ptr, absmax2_ptr, offset_ptr, o
 
 def supported(packed: torch.Tensor, state) -> str | None:
     """None if this kernel reproduces bitsandbytes for the weight, else why not."""
-    n = 1
-    for d in state.shape:
-        n *= int(d)
+    n = math.prod(int(d) for d in state.shape)
     if packed.dtype != torch.uint8:
         return f"quant_storage {packed.dtype} (the kernel reads uint8)"
     if n % 2 or packed.numel() * 2 != n:

@@ -92,8 +92,8 @@ def _pipeline(cfg, plan, rec, mem, clock, out_dir, on_eval, pool) -> None:
         # before the base loads: its weights then sit in expandable segments too, which
         # empty_cache can hand back in part (levers.apply sets it again, idempotently)
         offload.expandable_segments(cfg.train.expandable_segments)
-        layout = cfg.train.expandable_segments  # part of the pool's key (models.BasePool)
-        base = pool.get(cfg.model, cfg.quant, plan.device, layout) if pool else None
+        expandable = cfg.train.expandable_segments  # part of the pool's key (models.BasePool)
+        base = pool.get(cfg.model, cfg.quant, plan.device, expandable) if pool else None
         base = base or models.load_base(weights, cfg.quant, device=plan.device)
         # the adapter's random init (LoRA A) from train.seed: the same in a sweep's 5th trial as
         # in a fresh process, so trials that differ in one setting start from the same weights
@@ -142,7 +142,7 @@ def _pipeline(cfg, plan, rec, mem, clock, out_dir, on_eval, pool) -> None:
     if meter.stop_reason:
         pruned = meter.stop_reason.startswith("pruned")
         if pruned and pool:  # the frozen base is unharmed: keep it for the next trial
-            pool.put(cfg.model, cfg.quant, plan.device, models.detach_adapter(model), layout)
+            pool.put(cfg.model, cfg.quant, plan.device, models.detach_adapter(model), expandable)
         raise (Pruned if pruned else NonFiniteLoss)(meter.stop_reason)
     # 4. evaluate: held-out loss, then lm-eval after (adapter on) and before (adapter off, cached)
     with mem.phase("eval"), clock("eval"):
@@ -166,7 +166,7 @@ def _pipeline(cfg, plan, rec, mem, clock, out_dir, on_eval, pool) -> None:
         models.merge_to_16bit(weights, out_dir / "adapter", out_dir / "merged", device=plan.device)
         rec["artifacts"]["merged_dir"] = "merged"
     if pool:
-        pool.put(cfg.model, cfg.quant, plan.device, models.detach_adapter(model), layout)
+        pool.put(cfg.model, cfg.quant, plan.device, models.detach_adapter(model), expandable)
 
 
 def _add_mfu(rec: dict, hf_config) -> None:
