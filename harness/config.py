@@ -180,7 +180,10 @@ class TrainConfig:
     scheduler: str = "linear"
     max_grad_norm: float = 0.3  # QLoRA paper value
     checkpointing: str = "full"  # none | full | selective | offload (harness/levers.py)
-    checkpoint_fraction: float = 0.5  # selective: share of decoder layers recomputed
+    # share of decoder layers recomputed, for selective and offload; null = the mode's default
+    # (selective 0.5, offload 1.0 = every layer); none and full ignore it
+    checkpoint_fraction: float | None = None
+    slim_activations: bool = False  # kept layers save norm/SwiGLU inputs only (harness/slim.py)
     kernels: str = "none"  # none | liger: Triton RMSNorm + SwiGLU (CUDA)
     lora_kernel: str = "peft"  # peft | fused: one autograd op for the LoRA branch
     dequant_kernel: str = "bnb"  # bnb | triton: 4-bit dequant inside lora_kernel=fused (CUDA)
@@ -215,7 +218,7 @@ class TrainConfig:
         _one_of("train.scheduler", self.scheduler, SCHEDULERS)
         _positive("train.max_grad_norm", self.max_grad_norm)
         _one_of("train.checkpointing", self.checkpointing, CHECKPOINTING)
-        if not 0 < self.checkpoint_fraction <= 1:
+        if self.checkpoint_fraction is not None and not 0 < self.checkpoint_fraction <= 1:
             raise ConfigError("train.checkpoint_fraction", self.checkpoint_fraction, "in (0, 1]")
         _one_of("train.kernels", self.kernels, KERNELS)
         _one_of("train.lora_kernel", self.lora_kernel, LORA_KERNELS)

@@ -7,7 +7,8 @@ a sweep's pool never carries the previous trial's choice.
     train.dequant_kernel=triton   the fused op's 4-bit dequantization in one Triton kernel
     train.frozen_dtype=bf16       undo peft's fp32 upcast of embeddings, norms and head
     train.checkpointing=selective recompute train.checkpoint_fraction of the decoder layers
-    train.checkpointing=offload   recompute every layer, layer inputs parked in host memory
+    train.checkpointing=offload   the same (default: every layer), their inputs in host memory
+    train.slim_activations=true   layers not recomputed keep norm/SwiGLU inputs only (slim.py)
     train.embeddings_on_cpu=true  the frozen input embedding table in host memory
     train.expandable_segments     PyTorch's expandable allocator segments (less fragmentation)
     train.flat_optimizer          one optimizer update over all adapter tensors (flat_optim.py,
@@ -22,7 +23,7 @@ import types
 import torch
 from torch import nn
 
-from harness import lora_op, offload
+from harness import lora_op, offload, slim
 from harness.config import TrainConfig
 from harness.errors import ConfigError
 
@@ -59,6 +60,7 @@ def apply(model, tcfg: TrainConfig, *, compute_dtype: torch.dtype) -> dict:
         model, tcfg.lora_kernel, tcfg.dequant_kernel
     )
     applied.update(_checkpointing(model, tcfg.checkpointing, tcfg.checkpoint_fraction))
+    applied["slim_layers"] = _slim(model, tcfg.slim_activations, tcfg.kernels)
     applied["embeddings_on_cpu"] = offload.embeddings_on_cpu(model, tcfg.embeddings_on_cpu)
     applied["expandable_segments"] = offload.expandable_segments(tcfg.expandable_segments)
     return applied
@@ -143,7 +145,14 @@ def _liger_swiglu(self, x):
     from liger_kernel.ops import LigerSiLUMulFunction
 
     # saves gate and up, recomputes silu(gate)*up in backward: one [tokens, ffn] tensor fewer
-    return self.down_proj(LigerSiLUMulFunction.apply(self.gate_proj(x), self.up_proj(x)))
+    # (and in a slim layer the product too: down_proj's input)
+    act = slim.swiglu(LigerSiLUMulFunction.apply, self.gate_proj(x), self.up_proj(x))
+    return self.down_proj(act)
+
+
+def _hf_swiglu_slim(self, x):
+    """HF's MLP forward, the same ops, with the product remembered for slim layers."""
+    return self.down_proj(slim.swiglu(self._harness_mul, self.gate_proj(x), self.up_proj(x)))
 
 
 def _lora_kernel(model, kernel: str, dequant: str = "bnb") -> tuple[int, int]:
@@ -206,17 +215,24 @@ def spread(n: int, fraction: float) -> set[int]:
     return {math.floor(i * n / k) for i in range(k)}
 
 
-def _checkpointing(model, mode: str, fraction: float) -> dict:
-    """Set each decoder layer's checkpointing flag. attach_adapter enabled checkpointing on all
-    layers (any mode but none); a pooled base may still carry the previous trial's flags."""
+def _decoder_layers(model) -> list:
     from transformers.modeling_layers import GradientCheckpointingLayer
 
-    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
+DEFAULT_FRACTION = {"selective": 0.5, "offload": 1.0}  # train.checkpoint_fraction=null
+
+
+def _checkpointing(model, mode: str, fraction: float | None) -> dict:
+    """Set each decoder layer's checkpointing flag. attach_adapter enabled checkpointing on all
+    layers (any mode but none); a pooled base may still carry the previous trial's flags."""
+    layers = _decoder_layers(model)
     n = len(layers)
     if mode == "none":
         chosen: set[int] = set()
-    elif mode == "selective":
-        chosen = spread(n, fraction)
+    elif mode in DEFAULT_FRACTION:
+        chosen = spread(n, DEFAULT_FRACTION[mode] if fraction is None else fraction)
     else:
         chosen = set(range(n))
     for i, layer in enumerate(layers):
@@ -230,3 +246,25 @@ def _checkpointing(model, mode: str, fraction: float) -> dict:
             )
     done = sum(layer.gradient_checkpointing for layer in layers)
     return {"checkpointed_layers": done, "num_layers": n}
+
+
+_HF_SWIGLU_MLPS = ("LlamaMLP", "Qwen2MLP", "MistralMLP")  # down(act(gate(x)) * up(x))
+
+
+def _slim(model, on: bool, kernels: str) -> int:
+    """Bind slim.slim_layer_forward on the decoder layers that are not recomputed (on), or undo it.
+    Run after _checkpointing and _kernels (which restored every MLP's forward)."""
+    n = 0
+    for layer in _decoder_layers(model):
+        _restore(layer)
+        kept = on and not layer.gradient_checkpointing
+        slim.hook_norms(layer, kept)
+        if not kept:
+            continue
+        _bind(layer, slim.slim_layer_forward, "slim")
+        mlp = getattr(layer, "mlp", None)
+        if kernels != "liger" and type(mlp).__name__ in _HF_SWIGLU_MLPS:
+            mlp._harness_mul = lambda g, u, act=mlp.act_fn: act(g) * u
+            _bind(mlp, _hf_swiglu_slim, "slim")
+        n += 1
+    return n

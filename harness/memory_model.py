@@ -113,7 +113,8 @@ def setting_from_config(cfg: dict[str, Any], *, chunked_loss: bool = False) -> S
         upcast_frozen=q.get("type", base.quant) in ("nf4", "fp4")
         and t.get("frozen_dtype", "fp32") == "fp32",
         lora_kernel=t.get("lora_kernel", base.lora_kernel),
-        checkpoint_fraction=float(t.get("checkpoint_fraction", base.checkpoint_fraction)),
+        checkpoint_fraction=_fraction(t.get("checkpoint_fraction", base.checkpoint_fraction)),
+        slim_activations=bool(t.get("slim_activations", base.slim_activations)),
         embeddings_on_cpu=bool(t.get("embeddings_on_cpu", base.embeddings_on_cpu)),
         chunked_loss=chunked_loss,
     )
@@ -199,3 +200,7 @@ def point_error(point: Point, calib: Calibration) -> dict[str, Any]:
         "predicted_gib": pred,
         "error_pct": 100.0 * (pred - peak) / peak,
     }
+
+
+def _fraction(value) -> float | None:
+    return None if value is None else float(value)

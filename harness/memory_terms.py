@@ -109,7 +109,8 @@ class Setting:
     kernels: str = "none"  # none | liger
     upcast_frozen: bool = False  # prepare_model_for_kbit_training: non-4-bit params to fp32
     lora_kernel: str = "peft"  # peft | fused: one op per adapted Linear, input saved once, no mask
-    checkpoint_fraction: float = 0.5  # selective: share of decoder layers recomputed
+    checkpoint_fraction: float | None = None  # selective (null: 0.5) / offload (null: 1.0)
+    slim_activations: bool = False  # kept layers keep norm/SwiGLU inputs, not outputs
     embeddings_on_cpu: bool = False  # the (untied) input embedding table in host memory
     chunked_loss: bool = False  # the loss through a chunked LM head (TRL's trainer): no logits
 
@@ -205,15 +206,20 @@ def activation_bytes(shape: Shape, s: Setting) -> float:
             else:
                 mlp += extra
     layer, boundary, n = attn + mlp, res * h, shape.num_layers
+    # slim: a layer that is not recomputed recomputes its two norm outputs and the SwiGLU product
+    # in backward instead of keeping them (harness/slim.py)
+    slim = layer - (2 * res * h + 2.0 * i if s.slim_activations else 0.0)
     # full: only layer inputs survive forward; one layer is recomputed at a time in backward.
     # selective: round(fraction * n) layers recomputed (at least one), the rest keep everything.
-    # offload: full recompute with the layer inputs in host memory (two in flight).
-    k = max(1, round(s.checkpoint_fraction * n))
+    # offload: the same with the recomputed layers' inputs in host memory (two in flight).
+    default = {"selective": 0.5, "offload": 1.0}.get(s.checkpointing, 1.0)
+    fraction = default if s.checkpoint_fraction is None else s.checkpoint_fraction
+    k = max(1, round(fraction * n))
     kept = {
-        "none": n * layer,
+        "none": n * slim,
         "full": n * boundary + layer,
-        "selective": k * boundary + (n - k) * layer + layer,
-        "offload": 2 * boundary + layer,
+        "selective": k * boundary + (n - k) * slim + layer,
+        "offload": 2 * boundary + (n - k) * slim + layer,
     }.get(s.checkpointing, n * layer)
     return kept * s.batch_size * s.seq_len
 

@@ -67,7 +67,12 @@ def test_breakdown_adds_up() -> None:
      ({"optimizer": "paged_adamw_8bit"}, {"optimizer": "adamw_torch"}), ({"r": 8}, {"r": 64}),
      ({"optimizer": "sgd"}, {"optimizer": "adamw_8bit"}), ({"quant": "nf4"}, {"quant": "none"}),
      ({"targets": "attention"}, {"targets": "all-linear"}),
-     ({"variant": "lora"}, {"variant": "dora"})],
+     ({"variant": "lora"}, {"variant": "dora"}),
+     ({"checkpointing": "selective", "checkpoint_fraction": 0.75, "slim_activations": True},
+      {"checkpointing": "selective", "checkpoint_fraction": 0.75}),
+     ({"checkpointing": "offload", "checkpoint_fraction": 0.75},
+      {"checkpointing": "selective", "checkpoint_fraction": 0.75}),
+     ({"checkpointing": "offload"}, {"checkpointing": "offload", "checkpoint_fraction": 0.75})],
 )  # fmt: skip
 def test_levers_move_memory_the_right_way(cheaper: dict, dearer: dict) -> None:
     low = predict_peak_gib(LLAMA3_8B, replace(QLORA, **cheaper))["total"]
