@@ -164,13 +164,14 @@ def format_example(example: dict, tokenizer, *, chat: bool) -> tuple[str, str]:
 
 def tokenize(examples: list[dict], tokenizer, dcfg: DataConfig) -> list[dict[str, list[int]]]:
     """input_ids + completion_mask per example, truncated to max_seq_len (examples whose
-    prompt alone fills the window are dropped: they would carry no loss)."""
+    prompt alone fills the window are dropped: they would carry no loss). Prompts and
+    completions are tokenized separately, each list in one batched tokenizer call."""
     chat = uses_chat_template(tokenizer, dcfg)
+    pairs = [format_example(ex, tokenizer, chat=chat) for ex in examples]
+    prompts = _ids(tokenizer, [p for p, _ in pairs], add_special_tokens=not chat)
+    completions = _ids(tokenizer, [c for _, c in pairs], add_special_tokens=False)
     rows = []
-    for ex in examples:
-        prompt, completion = format_example(ex, tokenizer, chat=chat)
-        p = tokenizer(prompt, add_special_tokens=not chat)["input_ids"]
-        c = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    for p, c in zip(prompts, completions, strict=True):
         ids = (p + c)[: dcfg.max_seq_len]
         mask = ([0] * len(p) + [1] * len(c))[: dcfg.max_seq_len]
         if sum(mask):
@@ -178,6 +179,12 @@ def tokenize(examples: list[dict], tokenizer, dcfg: DataConfig) -> list[dict[str
     if not rows:
         raise ConfigError("data.max_seq_len", dcfg.max_seq_len, "every prompt fills the window")
     return rows
+
+
+def _ids(tokenizer, texts: list[str], *, add_special_tokens: bool) -> list[list[int]]:
+    if not texts:
+        return []
+    return tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
 
 
 def heldout_task_rows(examples: list[dict], tokenizer, dcfg: DataConfig) -> list[dict[str, str]]:

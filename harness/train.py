@@ -169,7 +169,11 @@ def build_trainer(
     on_eval: Callable[[int, float], bool] | None = None,
 ):  # fmt: skip
     """An SFTTrainer over pre-tokenized rows (input_ids + completion_mask) with the measuring
-    callback attached. Returns (trainer, callback)."""
+    callback attached. Returns (trainer, callback).
+
+    `train_rows` / `eval_rows` may instead be the datasets a previous trainer prepared from the
+    same rows and data settings (`trainer.train_dataset` / `.eval_dataset`: truncated, packed,
+    labelled by TRL): they are used as they are (a sweep's later trials skip that work)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -207,12 +211,14 @@ def build_trainer(
         completion_only_loss=True,
         dataloader_num_workers=0,
         disable_tqdm=True,
+        dataset_kwargs={"skip_prepare_dataset": not isinstance(train_rows, list)},
     )
+    as_dataset = lambda rows: Dataset.from_list(rows) if isinstance(rows, list) else rows  # noqa: E731
     trainer = SFTTrainer(
         model=model,
         args=args,
-        train_dataset=Dataset.from_list(train_rows),
-        eval_dataset=Dataset.from_list(eval_rows),
+        train_dataset=as_dataset(train_rows),
+        eval_dataset=as_dataset(eval_rows),
         processing_class=tokenizer,
     )
     collator = CountingCollator(trainer.data_collator)

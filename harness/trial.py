@@ -94,6 +94,7 @@ def _pipeline(cfg, plan, rec, mem, clock, out_dir, on_eval, pool) -> None:
         offload.expandable_segments(cfg.train.expandable_segments)
         expandable = cfg.train.expandable_segments  # part of the pool's key (models.BasePool)
         base = pool.get(cfg.model, cfg.quant, plan.device, expandable) if pool else None
+        rec["pool"] = {"base_reused": base is not None, "data_reused": False}
         base = base or models.load_base(weights, cfg.quant, device=plan.device)
         # the adapter's random init (LoRA A) from train.seed: the same in a sweep's 5th trial as
         # in a fresh process, so trials that differ in one setting start from the same weights
@@ -108,13 +109,17 @@ def _pipeline(cfg, plan, rec, mem, clock, out_dir, on_eval, pool) -> None:
     rec["model"] = models.shape_summary(cfg.model, plan.hf_config, random_weights=random_weights)
     rec["params"] = models.count_params(model)
 
-    # 2. data: tokenize with loss on responses only
-    # (a sweep's trials with the same data and tokenizer tokenize once: the pool keeps the rows)
-    def rows(split, examples):
-        make = lambda: data_mod.tokenize(examples, tokenizer, cfg.data)  # noqa: E731
-        return pool.cached(("rows", split, tok_src, repr(cfg.data)), make) if pool else make()
-
-    train_rows, eval_rows = rows("train", plan.train_examples), rows("eval", plan.heldout_examples)
+    # 2. data: tokenize with loss on responses only. A sweep's trials with the same data and
+    # tokenizer share the work: the pool keeps the datasets the first trainer prepared from them
+    # (truncated, packed and labelled by TRL), and later trainers take those as they are.
+    data_key = ("prepared", tok_src, repr(cfg.data))
+    prepared = pool.memo.get(data_key) if pool else None
+    if prepared is None:
+        train_rows = data_mod.tokenize(plan.train_examples, tokenizer, cfg.data)
+        eval_rows = data_mod.tokenize(plan.heldout_examples, tokenizer, cfg.data)
+    else:
+        train_rows, eval_rows = prepared
+        rec["pool"]["data_reused"] = True
     # 3. train
     trainer, meter = build_trainer(
         model, tokenizer, train_rows, eval_rows, cfg.train, optim_used=plan.optimizer["used"],
@@ -124,6 +129,8 @@ def _pipeline(cfg, plan, rec, mem, clock, out_dir, on_eval, pool) -> None:
         bf16=cfg.quant.compute_dtype == "bf16" and plan.device != "cpu",
         fp16=cfg.quant.compute_dtype == "fp16" and plan.device != "cpu", on_eval=on_eval,
     )  # fmt: skip
+    if pool and prepared is None:
+        pool.cached(data_key, lambda: (trainer.train_dataset, trainer.eval_dataset))
     rec["levers"]["chunked_loss"] = models.has_fused_lm_head(model)  # the memory model reads it
     models.release_cached_memory()  # blocks freed by setup (levers, dtype casts) are not training's
     try:

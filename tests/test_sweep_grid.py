@@ -163,6 +163,8 @@ def test_pooled_base_trains_like_a_fresh_one(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     fresh, pooled = (load_json(sweep / str(i) / "record.json") for i in (0, 1))
     assert pooled["timings_s"]["load"] < fresh["timings_s"]["load"]  # it really was reused
+    assert fresh["pool"] == {"base_reused": False, "data_reused": False}
+    assert pooled["pool"] == {"base_reused": True, "data_reused": True}  # TRL's packed rows too
     curves = [[p["loss"] for p in r["loss"]["curve"] + r["loss"]["eval_curve"]]
               for r in (fresh, pooled)]  # fmt: skip
     assert len(curves[0]) >= 4 and curves[1] == pytest.approx(curves[0], rel=1e-4)

@@ -17,6 +17,7 @@ sweep() {  # sweep NAME OVERRIDES...: one `python -m harness -m` process, wall t
     > /tmp/rec/$name.log 2>&1
   t1=$(date +%s.%N)
   grep -v -i warn /tmp/rec/$name.log | grep -E -A12 '^ *[a-z_.]+ +status' | cut -c1-150
-  python3 -c "import json; print(json.dumps({'sweep': '$name', 'wall_s': $t1 - $t0}))" \
+  python3 -c "import json; print(json.dumps({'sweep': '$name', 'wall_s': $t1 - $t0, 'start_unix_s': $t0, 'end_unix_s': $t1}))" \
     > /tmp/rec/$name/wall.json
+  cp /tmp/rec/$name.log /tmp/rec/$name/sweep.log  # Hydra's job launch times: where the wall went
 }
