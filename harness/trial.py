@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import math
+import time
 import traceback
 import uuid
 from contextlib import nullcontext
@@ -222,6 +223,7 @@ def _new_record(cfg, overrides, choices, plan) -> dict:
         "status": "failed",
         "error": None,
         "started_at": _now(),
+        "started_unix_s": time.time(),  # with timings_s: where a sweep's wall time went
         "config": asdict(cfg),
         "overrides": list(overrides or []),
         "choices": dict(choices or {}),
