@@ -223,6 +223,9 @@ class TrainConfig:
         _one_of("train.kernels", self.kernels, KERNELS)
         _one_of("train.lora_kernel", self.lora_kernel, LORA_KERNELS)
         _one_of("train.dequant_kernel", self.dequant_kernel, DEQUANT_KERNELS)
+        if self.slim_activations and self.lora_kernel != "fused":
+            raise ConfigError("train.slim_activations", True, "needs train.lora_kernel=fused "
+                              "(the fused op saves the recipe in place of the output)")  # fmt: skip
         _one_of("train.frozen_dtype", self.frozen_dtype, FROZEN_DTYPES)
         _one_of("train.device", self.device, DEVICES)
         _one_of("train.inject_fault", self.inject_fault, FAULTS)

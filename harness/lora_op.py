@@ -22,6 +22,8 @@ import importlib.util
 import torch
 from torch.nn import functional as F
 
+from harness import slim
+
 
 def dropout_mask(shape, p: float, seed: int, device) -> torch.Tensor:
     """The CPU path's keep-mask / (1-p) for `seed` (float32, like x's values after dropout)."""
@@ -96,6 +98,7 @@ class LoraLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight_a, weight_b, layer, scale, p, seed, dtype, base_dtype):
+        ctx.recipe = slim.recipe_for(x)  # a slim layer's norm output or SwiGLU product: recomputed
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         xb, x2 = x2.to(base_dtype), x2.to(dtype)
@@ -117,7 +120,7 @@ class LoraLinear(torch.autograd.Function):
             else:
                 h = (x2 @ a.t()) * scale
             y.addmm_(h, b.t())
-        ctx.save_for_backward(x2, a, b, h)
+        ctx.save_for_backward(*([] if ctx.recipe else [x2]), a, b, h)
         ctx.layer, ctx.scale, ctx.p, ctx.seed = layer, scale, p, seed
         ctx.dtype, ctx.base_dtype, ctx.x_shape, ctx.x_dtype = dtype, base_dtype, shape, x.dtype
         ctx.weight_dtypes = (weight_a.dtype, weight_b.dtype)
@@ -125,7 +128,11 @@ class LoraLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):
-        x2, a, b, h = ctx.saved_tensors
+        if ctx.recipe is None:
+            x2, a, b, h = ctx.saved_tensors
+        else:  # what forward read, again: the same kernel on the same saved inputs
+            a, b, h = ctx.saved_tensors
+            x2 = ctx.recipe.value().reshape(-1, ctx.x_shape[-1]).to(ctx.dtype).contiguous()
         p, seed, dtype = ctx.p, ctx.seed, ctx.dtype
         c = ctx.scale / (1.0 - p)
         want_x = ctx.needs_input_grad[0]

@@ -106,7 +106,8 @@ def _pipeline(cfg, plan, rec, mem, clock, out_dir, on_eval, pool) -> None:
         )  # fmt: skip
         dtype = models.DTYPES[cfg.quant.compute_dtype]
         rec["levers"] = levers.apply(model, cfg.train, compute_dtype=dtype)
-        models.release_cached_memory()  # what the levers moved or cast away, before it is reused
+        # what the levers moved or cast away, before it is reused
+        models.release_cached_memory(collect=False)
     rec["model"] = models.shape_summary(cfg.model, plan.hf_config, random_weights=random_weights)
     rec["params"] = models.count_params(model)
 
@@ -133,7 +134,7 @@ def _pipeline(cfg, plan, rec, mem, clock, out_dir, on_eval, pool) -> None:
     if pool and prepared is None:
         pool.cached(data_key, lambda: (trainer.train_dataset, trainer.eval_dataset))
     rec["levers"]["chunked_loss"] = models.has_fused_lm_head(model)  # the memory model reads it
-    models.release_cached_memory()  # blocks freed by setup (levers, dtype casts) are not training's
+    models.release_cached_memory(collect=False)  # blocks setup freed (casts) are not training's
     try:
         with mem.phase("train"), clock("train"):
             trainer.train()
