@@ -119,7 +119,11 @@ class LoraLinear(torch.autograd.Function):
                 del xd
             else:
                 h = (x2 @ a.t()) * scale
-            y.addmm_(h, b.t())
+            if x.dtype.itemsize > y.dtype.itemsize:  # a wider residual stream (frozen_dtype=fp32):
+                # as peft adds its branch, in x's dtype: a small update is not rounded away
+                y = y.to(x.dtype).add_(h @ b.t())
+            else:
+                y.addmm_(h, b.t())
         ctx.save_for_backward(*([] if ctx.recipe else [x2]), a, b, h)
         ctx.layer, ctx.scale, ctx.p, ctx.seed = layer, scale, p, seed
         ctx.dtype, ctx.base_dtype, ctx.x_shape, ctx.x_dtype = dtype, base_dtype, shape, x.dtype
@@ -128,11 +132,15 @@ class LoraLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):
-        if ctx.recipe is None:
+        # the graph (and so ctx) lives until backward ends; a recipe held here would keep its
+        # recomputed output alive as long: drop it, the other ops that share it still hold it
+        recipe, ctx.recipe = ctx.recipe, None
+        if recipe is None:
             x2, a, b, h = ctx.saved_tensors
         else:  # what forward read, again: the same kernel on the same saved inputs
             a, b, h = ctx.saved_tensors
-            x2 = ctx.recipe.value().reshape(-1, ctx.x_shape[-1]).to(ctx.dtype).contiguous()
+            x2 = recipe.value().reshape(-1, ctx.x_shape[-1]).to(ctx.dtype).contiguous()
+            del recipe
         p, seed, dtype = ctx.p, ctx.seed, ctx.dtype
         c = ctx.scale / (1.0 - p)
         want_x = ctx.needs_input_grad[0]

@@ -179,3 +179,23 @@ def test_fused_op_on_a_biased_16bit_base_is_the_lora_formula():
     torch.testing.assert_close(y, ref)
     for got, want in [(x.grad, xr.grad), (a.grad, ar.grad), (b.grad, br.grad)]:
         torch.testing.assert_close(got, want)
+
+
+def test_fused_op_adds_the_branch_in_the_residual_dtype_as_peft_does(tmp_path):
+    """frozen_dtype=fp32 (the plain stack's fp32 residual stream) under bf16 autocast: peft adds
+    its bf16 branch to the 4-bit base's fp32 output; a small update must not be rounded away in a
+    bf16 sum (H200: that moved the loss of steps 3-9 by up to 0.23)."""
+    layer = _tiny_4bit(tmp_path, dropout=0.0).base_model.model.model.layers[0].mlp.up_proj
+    with torch.no_grad():
+        layer.lora_B["default"].weight.normal_(0, 1e-4)  # updates well under bf16's resolution
+    x = torch.randn(2, 8, layer.in_features)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        base_out = layer.base_layer(x)
+        ref = layer(x)  # peft
+        levers._lora_kernel(layer, "fused")
+        out = layer(x)
+    assert out.dtype == ref.dtype == base_out.dtype == torch.float32
+    delta = ref - base_out
+    assert delta.abs().max() > 0
+    assert (out - ref).norm() < 0.05 * delta.norm()
+    torch.testing.assert_close(out - base_out, delta, rtol=0.05, atol=1e-6)

@@ -7,7 +7,7 @@ _hds_main() {
         echo "device_setup: no .whl/*.whl here (run from repo root, carry .whl)" >&2
         return 1
     fi
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    python3 -m pip install -q --no-index --no-deps --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl || { echo "device_setup: pip install failed" >&2; return 1; }
     export PYTHONPATH=/tmp/site HARNESS_CACHE=/tmp/hcache PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
     # .devcache/ (carried): the embedded tokenizer files, which random-weight shapes borrow
