@@ -3,9 +3,10 @@
     .venv/bin/python reports/benchmarks/make_table.py   # -> table.md, speed_memory.png
 
 Ratios are taken against the plain stack of the SAME sweep process (same GPU, data, seed), the
-mean of its plain rows where it ran twice (h200_v3_a); h200_v3_b, which has no plain row, ran
-right after h200_v3_a in the same device call on the same machine and takes its reference from
-there (REFERENCE). Any other sweep without a plain row gets no ratio.
+mean of its plain rows where it ran twice (h200_v3_a); h200_v3_b, h200_v4_b and h200_v4_e,
+which have no plain row, ran right after h200_v3_a, h200_v4_a and h200_v4_d in the same device
+call on the same machine and take their reference from there (REFERENCE). Any other sweep
+without a plain row gets no ratio. "offload 19/32": 19 of the 32 layers recomputed.
 """
 
 import json
@@ -14,13 +15,18 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
-SWEEPS = ("h200_v3_a", "h200_v3_b", "h200_v3_b1", "h200_v3_fp4", "h200_v3_qwen_b4",
+SWEEPS = ("h200_v4_d", "h200_v4_e", "h200_v4_a", "h200_v4_b",
+          "h200_v3_a", "h200_v3_b", "h200_v3_b1", "h200_v3_fp4", "h200_v3_qwen_b4",
           "h200_v3_qwen_b1", "h200_v3_smollm2_b4", "h200_v2", "h200_b4", "h200_fresh",
           "b4_presets", "b4_factorial", "b4_fraction", "b4_fp4", "b1_presets", "qwen_b4",
           "qwen_b1", "smollm2_b4")  # fmt: skip
 LEVERS = {"kernels": "liger", "lora_kernel": "fused", "frozen_dtype": "bf16"}
-FLAGS = {"flat_optimizer": "flat", "embeddings_on_cpu": "emb cpu"}  # named when on
-REFERENCE = {"h200_v3_b": "h200_v3_a"}  # sweep -> the sweep whose plain rows it is compared with
+FLAGS = {"flat_optimizer": "flat", "embeddings_on_cpu": "emb cpu", "slim_activations": "slim"}
+REFERENCE = {
+    "h200_v3_b": "h200_v3_a",
+    "h200_v4_b": "h200_v4_a",
+    "h200_v4_e": "h200_v4_d",
+}  # sweep -> the sweep whose plain rows it is compared with
 
 
 def setting(rec: dict) -> str:
@@ -29,8 +35,12 @@ def setting(rec: dict) -> str:
     on = [v for k, v in LEVERS.items() if t[k] == v] or ["plain"]
     on += [v for k, v in FLAGS.items() if t.get(k)]
     on += ["dq"] if (rec.get("levers") or {}).get("dequant_triton") else []  # Triton dequant
-    ckpt = {"full": "", "none": "no ckpt", "offload": "offload",
-            "selective": f"sel {t['checkpoint_fraction']}"}[t["checkpointing"]]  # fmt: skip
+    lev = rec.get("levers") or {}
+    n, done = lev.get("num_layers"), lev.get("checkpointed_layers")
+    part = f" {done}/{n}" if n and done is not None and done < n else ""  # recomputed of all
+    frac = t.get("checkpoint_fraction") or 0.5
+    ckpt = {"full": "", "none": "no ckpt", "offload": f"offload{part}",
+            "selective": f"sel {frac}"}[t["checkpointing"]]  # fmt: skip
     name = "+".join(on)
     name += f", {ckpt}" if ckpt else ""
     name += ", dropout 0" if lora["dropout"] == 0 else ""
@@ -125,6 +135,8 @@ def plot(table: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
     marks = (
+        ("h200_v4_d", "h"),
+        ("h200_v4_a", "v"),
         ("h200_v3_a", "D"),
         ("h200_v3_b", "X"),
         ("h200_v2", "P"),
