@@ -3,8 +3,8 @@
     .venv/bin/python reports/benchmarks/make_table.py   # -> table.md, speed_memory.png
 
 Ratios are taken against the plain stack of the SAME sweep process (same GPU, data, seed), the
-mean of its plain rows where it ran twice (h200_v3_a); h200_v3_b, h200_v4_b and h200_v4_e,
-which have no plain row, ran right after h200_v3_a, h200_v4_a and h200_v4_d in the same device
+mean of its plain rows where it ran twice (h200_v3_a); h200_v3_b, h200_v4_b and h200_v4_d,
+which have no plain row, ran right after h200_v3_a, h200_v4_a and h200_v4_c in the same device
 call on the same machine and take their reference from there (REFERENCE). Any other sweep
 without a plain row gets no ratio. "offload 19/32": 19 of the 32 layers recomputed.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
-SWEEPS = ("h200_v4_d", "h200_v4_e", "h200_v4_a", "h200_v4_b",
+SWEEPS = ("h200_v4_c", "h200_v4_d", "h200_v4_a", "h200_v4_b",
           "h200_v3_a", "h200_v3_b", "h200_v3_b1", "h200_v3_fp4", "h200_v3_qwen_b4",
           "h200_v3_qwen_b1", "h200_v3_smollm2_b4", "h200_v2", "h200_b4", "h200_fresh",
           "b4_presets", "b4_factorial", "b4_fraction", "b4_fp4", "b1_presets", "qwen_b4",
@@ -25,7 +25,7 @@ FLAGS = {"flat_optimizer": "flat", "embeddings_on_cpu": "emb cpu", "slim_activat
 REFERENCE = {
     "h200_v3_b": "h200_v3_a",
     "h200_v4_b": "h200_v4_a",
-    "h200_v4_e": "h200_v4_d",
+    "h200_v4_d": "h200_v4_c",
 }  # sweep -> the sweep whose plain rows it is compared with
 
 
@@ -135,7 +135,7 @@ def plot(table: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
     marks = (
-        ("h200_v4_d", "h"),
+        ("h200_v4_c", "h"),
         ("h200_v4_a", "v"),
         ("h200_v3_a", "D"),
         ("h200_v3_b", "X"),
