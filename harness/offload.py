@@ -1,6 +1,7 @@
 """Memory levers that park frozen or saved tensors in host memory (CUDA only).
 
-    train.checkpointing=offload   every decoder layer recomputed in backward, and its input (the one
+    train.checkpointing=offload   every decoder layer (or train.checkpoint_fraction of them, the
+                                  others kept) recomputed in backward, and its input (the one
                                   tensor full recompute keeps per layer: [tokens, hidden]) copied to
                                   pinned host memory on a side stream during forward, back in
                                   backward. llama3-8b, seq 2048, batch 4: 32 x 64 MiB = 2 GiB off
