@@ -10,7 +10,10 @@ What it saves and moves, where peft's three modules differ:
   checkpointing restores before it recomputes a layer), regenerated in backward: on CUDA inside
   Triton kernels that read x once (harness/lora_triton.py), on the CPU as a seeded tensor;
 - the branch is accumulated into the base output in place (addmm), and in backward the LoRA
-  input-gradient is added into the base's in place: no separate add passes;
+  input-gradient is added into the base's in place: no separate add passes. Where the input is
+  wider than the compute dtype (an fp32 residual stream), the branch is added in the input's
+  dtype instead, as peft adds it to bitsandbytes' output: a small update is not rounded away;
+- in a slim layer (harness/slim.py) it saves the recipe of its input, not the input;
 - the base weight is dequantized once in forward and once in backward, as bitsandbytes does;
   with train.dequant_kernel=triton by one kernel that writes bitsandbytes' values bit for bit
   (harness/dequant_triton.py).
