@@ -22,6 +22,7 @@ from harness.memory_terms import (
     off_peak_bytes,
     static_bytes,
 )
+from harness.record import effective_train
 
 __all__ = [
     "LLAMA3_8B",
@@ -82,7 +83,8 @@ def setting_from_record(rec: dict[str, Any]) -> Setting:
     """Setting of a trial record: its config, and whether it trained through a chunked LM head
     (``levers.chunked_loss``, recorded since the harness detects TRL's fused LM head)."""
     chunked = bool((rec.get("levers") or {}).get("chunked_loss", False))
-    return setting_from_config(rec.get("config") or {}, chunked_loss=chunked)
+    config = {**(rec.get("config") or {}), "train": effective_train(rec)}
+    return setting_from_config(config, chunked_loss=chunked)
 
 
 def setting_from_config(cfg: dict[str, Any], *, chunked_loss: bool = False) -> Setting:

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from harness.record import effective_train
 from harness.report_data import flatten
 
 # Groups Hydra reports in runtime.choices that are not trial settings.
@@ -71,6 +72,8 @@ def experiment_yaml(
         note: one header line on what was measured or predicted.
     """
     config = copy.deepcopy(rec.get("config") or {})
+    if config.get("train"):  # the fraction as the trial ran it (older offload records: all)
+        config["train"]["checkpoint_fraction"] = effective_train(rec).get("checkpoint_fraction")
     for key, val in (changes or {}).items():
         node = config
         *parents, leaf = key.split(".")

@@ -7,7 +7,10 @@ Schema (``schema_version`` 1). Every measurement carries its unit in its name.
     config_hash         sha1 of the canonical resolved config (same settings -> same hash)
     status              "success" | "oom" | "failed" | "pruned"
     error               null | one-line message;  traceback (if any) in ``error.txt`` beside
-    started_at, finished_at   ISO-8601 UTC
+    started_at, finished_at   ISO-8601 UTC;  started_unix_s: the start in seconds (float)
+    pool                {base_reused, data_reused}: what the sweep's pool handed this trial
+    levers              what each speed/memory lever applied (harness/levers.py), e.g.
+                        checkpointed_layers / num_layers, slim_layers, lora_fused
     config              the resolved, validated config {model, quant, lora, optim, data, train,
                         eval}
     overrides           the Hydra overrides of this job, e.g. ["lora.r=16", "quant=fp4"]
@@ -92,3 +95,15 @@ def _jsonable(obj: Any) -> Any:
     if hasattr(obj, "item"):
         return obj.item()
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def effective_train(rec: dict) -> dict:
+    """The record's train config with `checkpoint_fraction` as the trial ran it: the share of
+    layers its levers recomputed. Records from before offload took a fraction carry the old
+    default 0.5 beside `checkpointing: offload`, which then recomputed every layer."""
+    train = dict((rec.get("config") or {}).get("train") or {})
+    lev = rec.get("levers") or {}
+    n, done = lev.get("num_layers"), lev.get("checkpointed_layers")
+    if train.get("checkpointing") in ("selective", "offload") and n and done is not None:
+        train["checkpoint_fraction"] = done / n
+    return train

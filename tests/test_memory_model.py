@@ -149,3 +149,20 @@ def test_seeds_table_is_sane() -> None:
     assert eight["full FT"] > 16 * 8.0e9 / GIB  # 16 B/param before activations
     assert rows["70B"]["fits"][80]["QLoRA"] and not rows["70B"]["fits"][80]["LoRA"]
     assert rows["1B"]["fits"][8]["QLoRA"]
+
+
+def test_records_are_read_with_the_fraction_their_levers_ran() -> None:
+    """Before offload took a fraction, its records carried the old default 0.5 and recomputed
+    every layer: read by what the levers applied, they are full offload, not half."""
+    from harness.memory_model import setting_from_record
+    from harness.pick_pin import experiment_yaml
+
+    old = {"config": {"train": {"checkpointing": "offload", "checkpoint_fraction": 0.5},
+                      "quant": {"type": "nf4"}},
+           "levers": {"checkpointed_layers": 32, "num_layers": 32}}  # fmt: skip
+    assert setting_from_record(old).checkpoint_fraction == 1.0
+    assert "checkpoint_fraction: 1.0" in experiment_yaml(old, name="x", command="pick")
+    new = {**old, "levers": {"checkpointed_layers": 19, "num_layers": 32}}
+    assert setting_from_record(new).checkpoint_fraction == 19 / 32
+    low = predict_peak_gib(LLAMA3_8B, setting_from_record(old))["total"]
+    assert low < predict_peak_gib(LLAMA3_8B, setting_from_record(new))["total"]
