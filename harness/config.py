@@ -33,6 +33,17 @@ DATA_SOURCES = ("embedded", "alpaca", "hub")
 PROMPT_FORMATS = ("auto", "chat", "alpaca")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 CHECKPOINTING = ("none", "full", "selective", "offload")
+DEFAULT_FRACTION = {"selective": 0.5, "offload": 1.0}  # train.checkpoint_fraction=null
+
+
+def recompute_fraction(mode: str, fraction: float | None) -> float:
+    """The share of decoder layers `mode` recomputes: the fraction given, else the mode's own
+    (none: 0, full: 1; selective and offload take train.checkpoint_fraction)."""
+    if mode not in DEFAULT_FRACTION:
+        return 0.0 if mode == "none" else 1.0
+    return DEFAULT_FRACTION[mode] if fraction is None else fraction
+
+
 KERNELS = ("none", "liger")
 LORA_KERNELS = ("peft", "fused")
 DEQUANT_KERNELS = ("bnb", "triton")

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from harness import lora_op, offload, slim
-from harness.config import TrainConfig
+from harness.config import TrainConfig, recompute_fraction
 from harness.errors import ConfigError
 
 _MARK = "_harness_lever"  # set on modules whose forward this module replaced
@@ -221,20 +221,12 @@ def _decoder_layers(model) -> list:
     return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
 
 
-DEFAULT_FRACTION = {"selective": 0.5, "offload": 1.0}  # train.checkpoint_fraction=null
-
-
 def _checkpointing(model, mode: str, fraction: float | None) -> dict:
     """Set each decoder layer's checkpointing flag. attach_adapter enabled checkpointing on all
     layers (any mode but none); a pooled base may still carry the previous trial's flags."""
     layers = _decoder_layers(model)
     n = len(layers)
-    if mode == "none":
-        chosen: set[int] = set()
-    elif mode in DEFAULT_FRACTION:
-        chosen = spread(n, DEFAULT_FRACTION[mode] if fraction is None else fraction)
-    else:
-        chosen = set(range(n))
+    chosen = set() if mode == "none" else spread(n, recompute_fraction(mode, fraction))
     for i, layer in enumerate(layers):
         layer.gradient_checkpointing = i in chosen and hasattr(
             layer, "_gradient_checkpointing_func"

@@ -28,6 +28,8 @@ backward. Measured on an H100, Llama-3-8B nf4 r16 batch 1: 13.26 GiB reserved wi
 
 from dataclasses import dataclass
 
+from harness.config import recompute_fraction
+
 GIB = 1024**3
 OPTIMIZER_BYTES = {
     "paged_adamw_8bit": 2.0,
@@ -212,9 +214,7 @@ def activation_bytes(shape: Shape, s: Setting) -> float:
     # full: only layer inputs survive forward; one layer is recomputed at a time in backward.
     # selective: round(fraction * n) layers recomputed (at least one), the rest keep everything.
     # offload: the same with the recomputed layers' inputs in host memory (two in flight).
-    default = {"selective": 0.5, "offload": 1.0}.get(s.checkpointing, 1.0)
-    fraction = default if s.checkpoint_fraction is None else s.checkpoint_fraction
-    k = max(1, round(fraction * n))
+    k = max(1, round(recompute_fraction(s.checkpointing, s.checkpoint_fraction) * n))
     kept = {
         "none": n * slim,
         "full": n * boundary + layer,

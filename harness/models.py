@@ -264,7 +264,7 @@ class BasePool:
     def __init__(self) -> None:
         self.entries: dict[str, Any] = {}
         self.hits = 0
-        self.memo: dict[Any, Any] = {}  # other per-sweep work trials share (tokenized data)
+        self.memo: dict[Any, Any] = {}  # other per-sweep work trials share (prepared datasets)
 
     def cached(self, key: Any, make):
         """make() once per key in this process (the last 4 keys are kept)."""

@@ -30,6 +30,8 @@ REFERENCE = {
 
 
 def setting(rec: dict) -> str:
+    from harness.config import recompute_fraction
+
     """A short name of the levers a record ran with: 'plain' or e.g. 'liger+bf16, sel 0.875'."""
     t, lora = rec["config"]["train"], rec["config"]["lora"]
     on = [v for k, v in LEVERS.items() if t[k] == v] or ["plain"]
@@ -38,7 +40,7 @@ def setting(rec: dict) -> str:
     lev = rec.get("levers") or {}
     n, done = lev.get("num_layers"), lev.get("checkpointed_layers")
     part = f" {done}/{n}" if n and done is not None and done < n else ""  # recomputed of all
-    frac = t.get("checkpoint_fraction") or 0.5
+    frac = recompute_fraction("selective", t.get("checkpoint_fraction"))
     ckpt = {"full": "", "none": "no ckpt", "offload": f"offload{part}",
             "selective": f"sel {frac}"}[t["checkpointing"]]  # fmt: skip
     name = "+".join(on)
