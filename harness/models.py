@@ -297,7 +297,7 @@ class BasePool:
 def release_cached_memory(*, collect: bool = True) -> None:
     """Hand the CUDA caching allocator's free blocks back to the driver; with `collect`, first
     free what only reference cycles still hold (a finished trial's trainer and optimizer). A full
-    collection walks every Python object: ~0.3 s with an 8B model loaded, so only where a trial
+    collection walks every Python object (its cost grows with the model's), so only where a trial
     leaves cycles behind (its start); setup's casts and moves free their tensors at once."""
     if torch.cuda.is_available():
         if collect:
