@@ -5,6 +5,7 @@ the caching allocator's footprint, what decides an OOM). CPU: there is no VRAM; 
 process RSS and report it as `peak_rss_gib`, never as VRAM.
 """
 
+import gc
 import platform
 import socket
 import statistics
@@ -76,6 +77,44 @@ class PhaseMemory:
         return {"peak_rss_gib": rss / GIB}
 
 
+class GcPauses:
+    """Seconds Python's cyclic garbage collector held the process (gc.callbacks), and how many
+    full (generation 2) collections ran, while installed (a `with` block)."""
+
+    def __init__(self) -> None:
+        self.pause_s, self.full_collections, self._t = 0.0, 0, 0.0
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t = time.perf_counter()
+            return
+        self.pause_s += time.perf_counter() - self._t
+        self.full_collections += info["generation"] == 2
+
+    def __enter__(self) -> "GcPauses":
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        gc.callbacks.remove(self._callback)
+
+
+@contextmanager
+def frozen_gc(on: bool):
+    """train.gc_freeze: move every object alive now (model, tokenized data, libraries) to the
+    permanent generation, so a full collection while training walks only what training made;
+    thawed after (a later trial's collection frees this trial's cycles). Same math."""
+    if not on:
+        yield
+        return
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def sync(device: str) -> None:
     """Wait for queued GPU work before reading a clock."""
     if device.startswith("cuda"):
@@ -84,7 +123,7 @@ def sync(device: str) -> None:
 
 def throughput(
     step_times_s: list[float], loss_tokens: list[int], padded_tokens: list[int], samples: list[int],
-    *, warmup: int,
+    *, warmup: int, gc_pause_s: list[float] | None = None,
 ) -> dict[str, float | int | None]:  # fmt: skip
     """Rates over the timed steps (after `warmup`), from per-step times and counts.
 
@@ -106,6 +145,8 @@ def throughput(
         "timed_steps": len(times),
         "warmup_steps": len(step_times_s) - len(times),
         "step_times_s": [round(t, 4) for t in step_times_s],  # every step, warm-up included
+        # the garbage collector's pauses inside the timed steps (part of their time)
+        "gc_pause_s": sum(gc_pause_s[timed]) if gc_pause_s else 0.0,
     }
 
 

@@ -21,7 +21,9 @@ Schema (``schema_version`` 1). Every measurement carries its unit in its name.
     optimizer           {requested, used, fallback_reason}
     device              {type: "cuda"|"cpu", name, total_memory_gib}
     throughput          {loss_tokens_per_s, padded_tokens_per_s, samples_per_s,
-                         step_time_median_s, step_time_iqr_s, timed_steps, warmup_steps}
+                         step_time_median_s, step_time_iqr_s, timed_steps, warmup_steps,
+                         step_times_s, gc_pause_s (cyclic GC inside the timed steps),
+                         gc_full_collections_train}
     memory              {kind: "cuda"|"cpu_rss", phases: {load|train|eval: {...}}}
                         cuda phases: {peak_allocated_gib, peak_reserved_gib}
                         cpu phases:  {peak_rss_gib}   (process RSS; never reported as VRAM)

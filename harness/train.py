@@ -11,7 +11,7 @@ from transformers import TrainerCallback
 
 from harness.config import OptimConfig, TrainConfig
 from harness.errors import ConfigError
-from harness.measure import sync
+from harness.measure import GcPauses, sync
 
 # Our optimizer names -> transformers' TrainingArguments.optim names.
 HF_OPTIM = {
@@ -115,7 +115,9 @@ class MeasureCallback(TrainerCallback):
         self.eval_curve: list[dict] = []
         self.stop_reason: str | None = None
         self.flat_optimizer_tensors = 0  # tensors folded by train.flat_optimizer
-        self._t0 = 0.0
+        self.gc = GcPauses()  # installed by the trial around trainer.train()
+        self.gc_pause_s: list[float] = []  # per step
+        self._t0, self._gc0 = 0.0, 0.0
         self._model = None
 
     def on_train_begin(self, args, state, control, model=None, **kw):
@@ -125,11 +127,12 @@ class MeasureCallback(TrainerCallback):
         if state.global_step == 1:
             self._inject()
         sync(self.device)
-        self._t0 = time.perf_counter()
+        self._t0, self._gc0 = time.perf_counter(), self.gc.pause_s
 
     def on_step_end(self, args, state, control, **kw):
         sync(self.device)
         self.step_times_s.append(time.perf_counter() - self._t0)
+        self.gc_pause_s.append(self.gc.pause_s - self._gc0)
         loss_tokens, padded, samples = self.collator.take()
         self.loss_tokens.append(loss_tokens)
         self.padded_tokens.append(padded)

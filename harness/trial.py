@@ -25,7 +25,7 @@ import torch
 from harness import data as data_mod
 from harness import flops, levers, models, offload, preflight_checks
 from harness.config import TrialConfig
-from harness.measure import PhaseMemory, Stopwatch, device_info, environment, throughput
+from harness.measure import PhaseMemory, Stopwatch, device_info, environment, frozen_gc, throughput
 from harness.record import RECORD_NAME, SCHEMA_VERSION, write_record
 from harness.train import NonFiniteLoss, Pruned, build_trainer
 
@@ -136,14 +136,16 @@ def _pipeline(cfg, plan, rec, mem, clock, out_dir, on_eval, pool) -> None:
     rec["levers"]["chunked_loss"] = models.has_fused_lm_head(model)  # the memory model reads it
     models.release_cached_memory(collect=False)  # blocks setup freed (casts) are not training's
     try:
-        with mem.phase("train"), clock("train"):
+        # gc_freeze's full collection runs before the train phase's clock: overhead, not training
+        with frozen_gc(cfg.train.gc_freeze), mem.phase("train"), clock("train"), meter.gc:
             trainer.train()
     finally:
         rec["levers"]["flat_optimizer_tensors"] = meter.flat_optimizer_tensors
         rec["throughput"] = throughput(
             meter.step_times_s, meter.loss_tokens, meter.padded_tokens, meter.samples,
-            warmup=cfg.train.timing_warmup_steps,
+            warmup=cfg.train.timing_warmup_steps, gc_pause_s=meter.gc_pause_s,
         )  # fmt: skip
+        rec["throughput"]["gc_full_collections_train"] = meter.gc.full_collections
         _add_mfu(rec, plan.hf_config)
         curve = meter.loss_curve
         rec["loss"] = {"curve": curve, "final_train": curve[-1]["loss"] if curve else None,

@@ -18,7 +18,7 @@ def test_embedded_4bit_trial_records_every_field(tmp_path):
     out = tmp_path / "trial"
     proc = run_harness(
         ["train.max_steps=4", "train.batch_size=2", "data.num_train=64", "data.num_heldout=8",
-         "eval.limit=4", "train.generations=1", f"out_dir={out}"]
+         "eval.limit=4", "train.generations=1", "train.gc_freeze=true", f"out_dir={out}"]
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     rec = load_json(out / "record.json")
@@ -31,6 +31,9 @@ def test_embedded_4bit_trial_records_every_field(tmp_path):
     assert tp["timed_steps"] == 2 and tp["warmup_steps"] == 2 and len(tp["step_times_s"]) == 4
     assert 0 < tp["loss_tokens_per_s"] < tp["padded_tokens_per_s"]
     assert tp["step_time_median_s"] > 0 and tp["samples_per_s"] > 0
+    assert (
+        0 <= tp["gc_pause_s"] < sum(tp["step_times_s"][2:]) and tp["gc_full_collections_train"] >= 0
+    )
     assert rec["memory"]["kind"] == "cpu_rss"
     assert set(rec["memory"]["phases"]) == {"load", "train", "eval"}
     assert all(p["peak_rss_gib"] > 0.1 for p in rec["memory"]["phases"].values())

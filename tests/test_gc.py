@@ -1,0 +1,35 @@
+"""train.gc_freeze and the garbage collector's measured pauses (harness/measure.py)."""
+
+import gc
+
+import pytest
+
+from harness.measure import GcPauses, frozen_gc, throughput
+
+
+def test_frozen_gc_freezes_what_lives_and_thaws_after_even_on_error():
+    assert gc.get_freeze_count() == 0
+    alive = [[i] for i in range(1000)]
+    with frozen_gc(True):
+        assert gc.get_freeze_count() >= len(alive)
+    assert gc.get_freeze_count() == 0
+    with pytest.raises(RuntimeError), frozen_gc(True):
+        raise RuntimeError("a failed train phase")
+    assert gc.get_freeze_count() == 0
+    with frozen_gc(False):
+        assert gc.get_freeze_count() == 0
+
+
+def test_gc_pauses_count_full_collections_and_their_time_while_installed():
+    with GcPauses() as pauses:
+        gc.collect()
+        gc.collect(0)
+    assert pauses.full_collections == 1 and pauses.pause_s > 0
+    gc.collect()  # uninstalled: not counted
+    assert pauses.full_collections == 1
+
+
+def test_throughput_reports_the_gc_pauses_of_the_timed_steps_only():
+    out = throughput([9.0, 1.0, 1.0], [10] * 3, [10] * 3, [1] * 3, warmup=1,
+                     gc_pause_s=[5.0, 0.25, 0.0])  # fmt: skip
+    assert out["gc_pause_s"] == 0.25 and out["step_time_median_s"] == 1.0
