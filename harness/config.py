@@ -202,7 +202,6 @@ class TrainConfig:
     embeddings_on_cpu: bool = False  # frozen input embedding table in host memory (CUDA)
     expandable_segments: bool = False  # PyTorch allocator: expandable segments (CUDA)
     flat_optimizer: bool = False  # one optimizer update over all adapter tensors (same math)
-    gc_freeze: bool = False  # objects alive at train start skip the cyclic GC while it trains
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     timing_warmup_steps: int = 2  # steps excluded from throughput (allocator, autotune, caches)

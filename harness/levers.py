@@ -8,8 +8,7 @@ a sweep's pool never carries the previous trial's choice.
     train.frozen_dtype=bf16       undo peft's fp32 upcast of embeddings, norms and head
     train.checkpointing=selective recompute train.checkpoint_fraction of the decoder layers
     train.checkpointing=offload   the same (default: every layer), their inputs in host memory
-    train.slim_activations=true   layers not recomputed keep norm/SwiGLU inputs only (slim.py);
-                                  offload: the recomputed layers' recompute too
+    train.slim_activations=true   layers not recomputed keep norm/SwiGLU inputs only (slim.py)
     train.embeddings_on_cpu=true  the frozen input embedding table in host memory
     train.expandable_segments     PyTorch's expandable allocator segments (less fragmentation)
     train.flat_optimizer          one optimizer update over all adapter tensors (flat_optim.py,
@@ -61,7 +60,7 @@ def apply(model, tcfg: TrainConfig, *, compute_dtype: torch.dtype) -> dict:
         model, tcfg.lora_kernel, tcfg.dequant_kernel
     )
     applied.update(_checkpointing(model, tcfg.checkpointing, tcfg.checkpoint_fraction))
-    applied["slim_layers"] = _slim(model, tcfg.slim_activations, tcfg.kernels, tcfg.checkpointing)
+    applied["slim_layers"] = _slim(model, tcfg.slim_activations, tcfg.kernels)
     applied["embeddings_on_cpu"] = offload.embeddings_on_cpu(model, tcfg.embeddings_on_cpu)
     applied["expandable_segments"] = offload.expandable_segments(tcfg.expandable_segments)
     return applied
@@ -244,16 +243,13 @@ def _checkpointing(model, mode: str, fraction: float | None) -> dict:
 _HF_SWIGLU_MLPS = ("LlamaMLP", "Qwen2MLP", "MistralMLP")  # down(act(gate(x)) * up(x))
 
 
-def _slim(model, on: bool, kernels: str, mode: str) -> int:
+def _slim(model, on: bool, kernels: str) -> int:
     """Bind slim.slim_layer_forward on the decoder layers that are not recomputed (on), or undo it.
-    offload: on the recomputed layers too (their recompute runs under grad in backward, one layer
-    at a time, and keeps less while it lives). Not HF's non-reentrant checkpoint: its first
-    forward runs under grad, and a recipe would keep what checkpointing drops.
     Run after _checkpointing and _kernels (which restored every MLP's forward)."""
     n = 0
     for layer in _decoder_layers(model):
         _restore(layer)
-        kept = on and (mode == "offload" or not layer.gradient_checkpointing)
+        kept = on and not layer.gradient_checkpointing
         slim.hook_norms(layer, kept)
         if not kept:
             continue

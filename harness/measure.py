@@ -99,22 +99,6 @@ class GcPauses:
         gc.callbacks.remove(self._callback)
 
 
-@contextmanager
-def frozen_gc(on: bool):
-    """train.gc_freeze: move every object alive now (model, tokenized data, libraries) to the
-    permanent generation, so a full collection while training walks only what training made;
-    thawed after (a later trial's collection frees this trial's cycles). Same math."""
-    if not on:
-        yield
-        return
-    gc.collect()
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-
-
 def sync(device: str) -> None:
     """Wait for queued GPU work before reading a clock."""
     if device.startswith("cuda"):

@@ -219,7 +219,7 @@ def activation_bytes(shape: Shape, s: Setting) -> float:
         "none": n * slim,
         "full": n * boundary + layer,
         "selective": k * boundary + (n - k) * slim + layer,
-        "offload": 2 * boundary + (n - k) * slim + slim,  # the recompute is slim too
+        "offload": 2 * boundary + (n - k) * slim + layer,
     }.get(s.checkpointing, n * layer)
     return kept * s.batch_size * s.seq_len
 

@@ -1,8 +1,6 @@
 """train.slim_activations=true: a decoder layer that is NOT recomputed in backward keeps the inputs
 of its RMSNorms and of its SwiGLU product, not their outputs; backward recomputes those outputs
 (one elementwise pass each) from what autograd keeps anyway. Needs train.lora_kernel=fused.
-With train.checkpointing=offload the recomputed layers are slim too: their recompute (under grad,
-in backward, one layer at a time) keeps the same less while that layer's backward runs.
 
 Why: in a kept llama block the saved tensors are, per token, the two norm inputs and outputs
 (4 x hidden), q, k, v, the attention output, gate, up and silu(gate) * up (3 x ffn). The norm

@@ -1,23 +1,10 @@
-"""train.gc_freeze and the garbage collector's measured pauses (harness/measure.py)."""
+"""The garbage collector's measured pauses (harness/measure.py), recorded with every trial's
+throughput. (A `train.gc_freeze` lever, gc.freeze() at train start, was measured on the H200 and
+dropped: plain +0.6%, fast no change; BENCHMARKS.md, fifth round.)"""
 
 import gc
 
-import pytest
-
-from harness.measure import GcPauses, frozen_gc, throughput
-
-
-def test_frozen_gc_freezes_what_lives_and_thaws_after_even_on_error():
-    assert gc.get_freeze_count() == 0
-    alive = [[i] for i in range(1000)]
-    with frozen_gc(True):
-        assert gc.get_freeze_count() >= len(alive)
-    assert gc.get_freeze_count() == 0
-    with pytest.raises(RuntimeError), frozen_gc(True):
-        raise RuntimeError("a failed train phase")
-    assert gc.get_freeze_count() == 0
-    with frozen_gc(False):
-        assert gc.get_freeze_count() == 0
+from harness.measure import GcPauses, throughput
 
 
 def test_gc_pauses_count_full_collections_and_their_time_while_installed():

@@ -131,29 +131,6 @@ def test_slim_layers_keep_fewer_bytes_and_the_same_math_on_cuda():
     assert held[False] - held[True] >= 0.9 * expected
 
 
-@requires_cuda
-def test_offload_recomputes_slim_layers_with_the_same_math_on_cuda(monkeypatch):
-    """train.checkpointing=offload: every layer is recomputed in backward, and with slim on each
-    recompute keeps the norm and SwiGLU inputs only: the same loss and gradient bits, and the
-    three recipes of each layer are made in its backward."""
-    model = _tiny_peft(dropout=0.1).cuda()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.enable_input_require_grads()
-    ids = torch.randint(0, 1000, (2, 64), device="cuda")
-    kw = {"kernels": "liger", "lora_kernel": "fused", "checkpointing": "offload"}
-    _apply(model, **kw)
-    torch.manual_seed(4)
-    loss_ref, grads_ref = loss_and_grads(model, ids)
-    applied = _apply(model, **kw, slim_activations=True)
-    assert applied["checkpointed_layers"] == 2 and applied["slim_layers"] == 2
-    made = _count_recomputes(monkeypatch)
-    torch.manual_seed(4)
-    loss, grads = loss_and_grads(model, ids)
-    assert torch.equal(loss, loss_ref) and len(made) == 2 * 3
-    for name, grad in grads_ref.items():
-        assert torch.equal(grads[name], grad), name
-
-
 def test_no_recomputed_output_outlives_its_ops_while_the_graph_lives():
     """Backward frees each recomputed output once the ops that read it are done, though the graph
     (and every op's context) lives until the loss is dropped."""

@@ -18,7 +18,7 @@ def test_embedded_4bit_trial_records_every_field(tmp_path):
     out = tmp_path / "trial"
     proc = run_harness(
         ["train.max_steps=4", "train.batch_size=2", "data.num_train=64", "data.num_heldout=8",
-         "eval.limit=4", "train.generations=1", "train.gc_freeze=true", f"out_dir={out}"]
+         "eval.limit=4", "train.generations=1", f"out_dir={out}"]
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     rec = load_json(out / "record.json")
