@@ -3,10 +3,13 @@
     .venv/bin/python reports/benchmarks/make_table.py   # -> table.md, speed_memory.png
 
 Ratios are taken against the plain stack of the SAME sweep process (same GPU, data, seed), the
-mean of its plain rows where it ran twice (h200_v3_a); h200_v3_b, h200_v4_b and h200_v4_d,
-which have no plain row, ran right after h200_v3_a, h200_v4_a and h200_v4_c in the same device
-call on the same machine and take their reference from there (REFERENCE). Any other sweep
-without a plain row gets no ratio. "offload 19/32": 19 of the 32 layers recomputed.
+mean of its plain rows where it ran twice (h200_v3_a, h200_v5_c); h200_v3_b, h200_v4_b and
+h200_v4_d, which have no plain row, ran right after h200_v3_a, h200_v4_a and h200_v4_c in the same
+device call on the same machine and take their reference from there (REFERENCE); so do h200_v5_a
+and h200_v5_b (h200_v5_c, the same call) and the fifth round's final sweeps, one process per
+configuration (h200_v5_plain). Any other sweep without a plain row gets no ratio.
+"offload 19/32": 19 of the 32 layers recomputed; "slim 12": 12 slim layers (h200_v5_a/b: the
+recomputed layers were slim too, code since dropped: BENCHMARKS.md).
 """
 
 import json
@@ -15,7 +18,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
-SWEEPS = ("h200_v4_c", "h200_v4_d", "h200_v4_a", "h200_v4_b",
+FINAL = ("h200_v5_plain", "h200_v5_hybrid", "h200_v5_lean", "h200_v5_fast")  # one process each
+SWEEPS = (*FINAL, "h200_v5_c", "h200_v5_a", "h200_v5_b", "h200_v4_c", "h200_v4_d", "h200_v4_a", "h200_v4_b",
           "h200_v3_a", "h200_v3_b", "h200_v3_b1", "h200_v3_fp4", "h200_v3_qwen_b4",
           "h200_v3_qwen_b1", "h200_v3_smollm2_b4", "h200_v2", "h200_b4", "h200_fresh",
           "b4_presets", "b4_factorial", "b4_fraction", "b4_fp4", "b1_presets", "qwen_b4",
@@ -26,6 +30,9 @@ REFERENCE = {
     "h200_v3_b": "h200_v3_a",
     "h200_v4_b": "h200_v4_a",
     "h200_v4_d": "h200_v4_c",
+    "h200_v5_a": "h200_v5_c",
+    "h200_v5_b": "h200_v5_c",
+    **{sweep: "h200_v5_plain" for sweep in FINAL[1:]},
 }  # sweep -> the sweep whose plain rows it is compared with
 
 
@@ -36,6 +43,8 @@ def setting(rec: dict) -> str:
     t, lora = rec["config"]["train"], rec["config"]["lora"]
     on = [v for k, v in LEVERS.items() if t[k] == v] or ["plain"]
     on += [v for k, v in FLAGS.items() if t.get(k)]
+    slim_n = (rec.get("levers") or {}).get("slim_layers")
+    on = [f"slim {slim_n}" if v == "slim" and slim_n is not None else v for v in on]
     on += ["dq"] if (rec.get("levers") or {}).get("dequant_triton") else []  # Triton dequant
     lev = rec.get("levers") or {}
     n, done = lev.get("num_layers"), lev.get("checkpointed_layers")
@@ -137,6 +146,11 @@ def plot(table: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
     marks = (
+        ("h200_v5_plain", "p"),
+        ("h200_v5_hybrid", "*"),
+        ("h200_v5_lean", "<"),
+        ("h200_v5_fast", ">"),
+        ("h200_v5_a", "8"),
         ("h200_v4_c", "h"),
         ("h200_v4_a", "v"),
         ("h200_v3_a", "D"),
@@ -155,19 +169,20 @@ def plot(table: list[dict], path: Path) -> None:
         for r in pts:
             ax.annotate(r["setting"].split(" (")[0], (r["reserved_gib"], r["tokens_per_s"]),
                         fontsize=6, xytext=(3, 3), textcoords="offset points")  # fmt: skip
-    ref = _plain(_records("h200_v3_a")).get(0.05)
-    if ref:  # the issue's targets against the v3 plain reference (mean of its two plain rows)
+    base = "h200_v5_plain" if _records("h200_v5_plain") else "h200_v5_c"
+    ref = _plain(_records(base)).get(0.05)
+    if ref:  # the issue's targets against the fifth round's plain reference
         tok, gib = ref["throughput"]["padded_tokens_per_s"], ref["peak_vram_reserved_gib"]
         ax.axhline(2 * tok, ls="--", lw=0.8, c="grey")
         ax.axvline(gib, ls="--", lw=0.8, c="grey")
         ax.axvline(0.4 * gib, ls=":", lw=0.8, c="grey")
         ax.annotate(
-            "2x plain (v3)", (45, 2 * tok), fontsize=7, color="grey", va="bottom", ha="right"
+            f"2x plain ({base})", (45, 2 * tok), fontsize=7, color="grey", va="bottom", ha="right"
         )
         for x, label in ((gib, "plain reserved"), (0.4 * gib, "0.4x")):
             ax.annotate(label, (x, 13600), fontsize=7, color="grey", rotation=90, ha="right")
     ax.set(xlabel="peak reserved VRAM, train phase (GiB)", ylabel="tokens/s (all tokens)",
-           title="llama3-8b shape, nf4, seq 2048, batch 4 (H200 v3: newest levers)")  # fmt: skip
+           title="llama3-8b shape, nf4, seq 2048, batch 4 (H200; v5: newest code)")  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
