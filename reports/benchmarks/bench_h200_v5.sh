@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Ran at commit 80d41c0 (git checkout 80d41c0 to rerun): train.gc_freeze and slim recomputes under
+# offload were dropped after this run (BENCHMARKS.md, fifth round), so it does not run on later code.
 # Fifth round (BENCHMARKS.md, "Fifth round"): llama3-8b b4, 40 steps (timing after 5), one sweep
 # process per engine so no trial inherits another's allocator state on a pooled base:
 #   A: fast's kernels + offload hybrid (19 or 20 of 32 layers recomputed, inputs in host memory),
