@@ -1,6 +1,6 @@
 """The garbage collector's measured pauses (harness/measure.py), recorded with every trial's
 throughput. (A `train.gc_freeze` lever, gc.freeze() at train start, was measured on the H200 and
-dropped: plain +0.6%, fast no change; BENCHMARKS.md, fifth round.)"""
+dropped: plain +0.6%, not measured on the fast preset; BENCHMARKS.md, fifth round.)"""
 
 import gc
 

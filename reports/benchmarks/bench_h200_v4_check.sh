@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Run in the fifth session (BENCHMARKS.md, "Fourth round, checked"): the 13-slim-layers configuration after the
-# fix that drops each slim recipe in backward, against plain and the fast preset, one process,
-# llama3-8b b4, 40 steps (timing after 5), plain last in its process; then fast with the fp32 residual stream (does it track
+# Ran in the fifth round (BENCHMARKS.md, "Fifth round"): the 13-slim-layers configuration after
+# the fix that drops each slim recipe in backward, against plain and the fast preset, one process,
+# llama3-8b b4, 40 steps (timing after 5), plain last; then fast with the fp32 residual stream (does it track
 # plain's loss curve now that the fused op adds its branch in fp32?). bf16 trials first: a trial
 # after an fp32-frozen one on the pooled base starts with ~1 GiB more (BENCHMARKS.md).
 #   source reports/benchmarks/device_setup.sh && OUT=$OUT bash reports/benchmarks/bench_h200_v4_check.sh

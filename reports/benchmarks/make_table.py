@@ -19,7 +19,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 FINAL = ("h200_v5_plain", "h200_v5_hybrid", "h200_v5_lean", "h200_v5_fast")  # one process each
-SWEEPS = (*FINAL, "h200_v5_c", "h200_v5_a", "h200_v5_b", "h200_v4_c", "h200_v4_d", "h200_v4_a", "h200_v4_b",
+SWEEPS = (*FINAL, "h200_v5_c", "h200_v5_a", "h200_v5_b",
+          "h200_v4_c", "h200_v4_d", "h200_v4_a", "h200_v4_b",
           "h200_v3_a", "h200_v3_b", "h200_v3_b1", "h200_v3_fp4", "h200_v3_qwen_b4",
           "h200_v3_qwen_b1", "h200_v3_smollm2_b4", "h200_v2", "h200_b4", "h200_fresh",
           "b4_presets", "b4_factorial", "b4_fraction", "b4_fp4", "b1_presets", "qwen_b4",
