@@ -48,6 +48,7 @@ KERNELS = ("none", "liger")
 LORA_KERNELS = ("peft", "fused")
 DEQUANT_KERNELS = ("bnb", "triton")
 FROZEN_DTYPES = ("fp32", "bf16")
+RESIDUAL_DTYPES = ("auto", "fp32")
 PACKING_STRATEGIES = ("bfd", "wrapped")
 DEVICES = ("auto", "cpu", "cuda")
 FAULTS = ("none", "oom", "nan")
@@ -199,6 +200,9 @@ class TrainConfig:
     lora_kernel: str = "peft"  # peft | fused: one autograd op for the LoRA branch
     dequant_kernel: str = "bnb"  # bnb | triton: 4-bit dequant inside lora_kernel=fused (CUDA)
     frozen_dtype: str = "fp32"  # fp32 (peft's upcast) | bf16: embeddings, norms, head
+    # auto: the embeddings' dtype (frozen_dtype) | fp32: an fp32 stream under bf16 weights, the
+    # plain stack's arithmetic at bf16's weight memory (harness/residual.py)
+    residual_dtype: str = "auto"
     embeddings_on_cpu: bool = False  # frozen input embedding table in host memory (CUDA)
     expandable_segments: bool = False  # PyTorch allocator: expandable segments (CUDA)
     flat_optimizer: bool = False  # one optimizer update over all adapter tensors (same math)
@@ -238,6 +242,7 @@ class TrainConfig:
             raise ConfigError("train.slim_activations", True, "needs train.lora_kernel=fused "
                               "(the fused op saves the recipe in place of the output)")  # fmt: skip
         _one_of("train.frozen_dtype", self.frozen_dtype, FROZEN_DTYPES)
+        _one_of("train.residual_dtype", self.residual_dtype, RESIDUAL_DTYPES)
         _one_of("train.device", self.device, DEVICES)
         _one_of("train.inject_fault", self.inject_fault, FAULTS)
         if self.timing_warmup_steps < 0:

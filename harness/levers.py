@@ -6,6 +6,7 @@ a sweep's pool never carries the previous trial's choice.
     train.lora_kernel=fused       each adapted Linear as one autograd op (harness/lora_op.py)
     train.dequant_kernel=triton   the fused op's 4-bit dequantization in one Triton kernel
     train.frozen_dtype=bf16       undo peft's fp32 upcast of embeddings, norms and head
+    train.residual_dtype=fp32     with it, keep the fp32 residual stream (harness/residual.py)
     train.checkpointing=selective recompute train.checkpoint_fraction of the decoder layers
     train.checkpointing=offload   the same (default: every layer), their inputs in host memory
     train.slim_activations=true   layers not recomputed keep norm/SwiGLU inputs only (slim.py)
@@ -23,7 +24,7 @@ import types
 import torch
 from torch import nn
 
-from harness import lora_op, offload, slim
+from harness import lora_op, offload, residual, slim
 from harness.config import TrainConfig, recompute_fraction
 from harness.errors import ConfigError
 
@@ -60,6 +61,8 @@ def apply(model, tcfg: TrainConfig, *, compute_dtype: torch.dtype) -> dict:
         model, tcfg.lora_kernel, tcfg.dequant_kernel
     )
     applied.update(_checkpointing(model, tcfg.checkpointing, tcfg.checkpoint_fraction))
+    wide = tcfg.residual_dtype == "fp32" and tcfg.frozen_dtype != "fp32"
+    applied.update(residual.apply(model, wide))  # before _slim: slim's hooks go after its own
     applied["slim_layers"] = _slim(model, tcfg.slim_activations, tcfg.kernels)
     applied["embeddings_on_cpu"] = offload.embeddings_on_cpu(model, tcfg.embeddings_on_cpu)
     applied["expandable_segments"] = offload.expandable_segments(tcfg.expandable_segments)
@@ -188,7 +191,9 @@ def _single_plain_adapter(layer, kwargs) -> str | None:
 
 def _fused_lora_forward(self, x, *args, **kwargs):
     name = _single_plain_adapter(self, kwargs)
+    out_dtype = vars(self).get(residual.OUT_DTYPE)  # a down_proj writing to an fp32 residual
     if name is None or not lora_op.supported_base(self.base_layer):
+        x = x if out_dtype is None else x.to(out_dtype)  # as residual's hook does for peft
         return type(self).forward(self, x, *args, **kwargs)
     a, b = self.lora_A[name].weight, self.lora_B[name].weight
     drop = self.lora_dropout[name]
@@ -205,7 +210,7 @@ def _fused_lora_forward(self, x, *args, **kwargs):
     if base.weight.__class__.__name__ == "Params4bit":
         base_dtype = base.compute_dtype or x.dtype
     return lora_op.LoraLinear.apply(
-        x, a, b, base, float(self.scaling[name]), p, seed, dtype, base_dtype
+        x, a, b, base, float(self.scaling[name]), p, seed, dtype, base_dtype, out_dtype
     )
 
 

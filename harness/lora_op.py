@@ -10,9 +10,10 @@ What it saves and moves, where peft's three modules differ:
   checkpointing restores before it recomputes a layer), regenerated in backward: on CUDA inside
   Triton kernels that read x once (harness/lora_triton.py), on the CPU as a seeded tensor;
 - the branch is accumulated into the base output in place (addmm), and in backward the LoRA
-  input-gradient is added into the base's in place: no separate add passes. Where the input is
-  wider than the compute dtype (an fp32 residual stream), the branch is added in the input's
-  dtype instead, as peft adds it to bitsandbytes' output: a small update is not rounded away;
+  input-gradient is added into the base's in place: no separate add passes. Where the input (or
+  `out_dtype`: a down_proj under train.residual_dtype=fp32) is wider than the compute dtype, the
+  branch is added in that dtype instead, as peft adds it to bitsandbytes' output: a small update
+  to an fp32 residual stream is not rounded away;
 - in a slim layer (harness/slim.py) it saves the recipe of its input, not the input;
 - the base weight is dequantized once in forward and once in backward, as bitsandbytes does;
   with train.dequant_kernel=triton by one kernel that writes bitsandbytes' values bit for bit
@@ -100,7 +101,10 @@ class LoraLinear(torch.autograd.Function):
     adapter weights'), as in peft; on a GPU under bf16 autocast both are bf16."""
 
     @staticmethod
-    def forward(ctx, x, weight_a, weight_b, layer, scale, p, seed, dtype, base_dtype):
+    def forward(
+        ctx, x, weight_a, weight_b, layer, scale, p, seed, dtype, base_dtype, out_dtype=None
+    ):
+        wide = x.dtype if out_dtype is None or x.dtype.itemsize >= out_dtype.itemsize else out_dtype
         ctx.recipe = slim.recipe_for(x)  # a slim layer's norm output or SwiGLU product: recomputed
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
@@ -122,16 +126,16 @@ class LoraLinear(torch.autograd.Function):
                 del xd
             else:
                 h = (x2 @ a.t()) * scale
-            if x.dtype.itemsize > y.dtype.itemsize:  # a wider residual stream (frozen_dtype=fp32):
-                # as peft adds its branch, in x's dtype: a small update is not rounded away
-                y = y.to(x.dtype).add_(h @ b.t())
+            if wide.itemsize > y.dtype.itemsize:  # output to an fp32 residual stream: as peft
+                # adds its branch to bitsandbytes' output, in fp32 (a small update survives)
+                y = y.to(wide).add_(h @ b.t())
             else:
                 y.addmm_(h, b.t())
         ctx.save_for_backward(*([] if ctx.recipe else [x2]), a, b, h)
         ctx.layer, ctx.scale, ctx.p, ctx.seed = layer, scale, p, seed
         ctx.dtype, ctx.base_dtype, ctx.x_shape, ctx.x_dtype = dtype, base_dtype, shape, x.dtype
         ctx.weight_dtypes = (weight_a.dtype, weight_b.dtype)
-        return y.view(*shape[:-1], y.shape[-1]).to(x.dtype)
+        return y.view(*shape[:-1], y.shape[-1]).to(wide)
 
     @staticmethod
     def backward(ctx, grad_y):
@@ -176,4 +180,4 @@ class LoraLinear(torch.autograd.Function):
         if grad_x is not None:
             grad_x = grad_x.view(ctx.x_shape).to(ctx.x_dtype)
         dtype_a, dtype_b = ctx.weight_dtypes
-        return grad_x, grad_a.to(dtype_a), grad_b.to(dtype_b), *([None] * 6)
+        return grad_x, grad_a.to(dtype_a), grad_b.to(dtype_b), *([None] * 7)

@@ -110,6 +110,7 @@ class Setting:
     optimizer: str = "paged_adamw_8bit"
     kernels: str = "none"  # none | liger
     upcast_frozen: bool = False  # prepare_model_for_kbit_training: non-4-bit params to fp32
+    residual_fp32: bool = False  # train.residual_dtype=fp32: fp32 stream, bf16 norm outputs
     lora_kernel: str = "peft"  # peft | fused: one op per adapted Linear, input saved once, no mask
     checkpoint_fraction: float | None = None  # selective (null: 0.5) / offload (null: 1.0)
     slim_activations: bool = False  # kept layers keep norm/SwiGLU inputs, not outputs
@@ -186,14 +187,17 @@ def activation_bytes(shape: Shape, s: Setting) -> float:
     """
     h, i = shape.hidden_size, shape.intermediate_size
     kv = h // shape.num_heads * shape.num_kv_heads
-    # Norm inputs/outputs and the residual stream: fp32 once frozen params are upcast.
-    res = 4.0 if s.upcast_frozen and not s.full_finetune else 2.0
-    attn, mlp = 2 * res * h + 2.0 * (3 * h + 3 * kv), 2 * res * h + 2.0 * 4 * i
+    # Norm inputs/outputs and the residual stream: fp32 once frozen params are upcast; with
+    # train.residual_dtype=fp32 the stream (norm inputs) is fp32 and the norm outputs bf16.
+    upcast = s.upcast_frozen and not s.full_finetune
+    res = 4.0 if upcast or (s.residual_fp32 and not s.full_finetune) else 2.0
+    norm_out = 4.0 if upcast else 2.0
+    attn, mlp = (res + norm_out) * h + 2.0 * (3 * h + 3 * kv), (res + norm_out) * h + 2.0 * 4 * i
     if not s.full_finetune and s.lora_kernel == "fused":
         # one op per adapted Linear saves its input once (shared with the base matmul and the other
-        # projections reading it); the dropout mask is regenerated, never stored. Only an fp32
-        # residual stream adds a bf16 copy of each distinct input (attn in, attn out, mlp in, act).
-        if res == 4.0:
+        # projections reading it); the dropout mask is regenerated, never stored. Only fp32 norm
+        # outputs add a bf16 copy of each distinct input (attn in, attn out, mlp in, act).
+        if norm_out == 4.0:
             attn, mlp = attn + 2.0 * 2 * h, mlp + 2.0 * (h + i)
     elif not s.full_finetune:
         per = DTYPE_BYTES.get(s.lora_dtype, 4) + (1 if s.dropout > 0 else 0)
@@ -210,7 +214,7 @@ def activation_bytes(shape: Shape, s: Setting) -> float:
     layer, boundary, n = attn + mlp, res * h, shape.num_layers
     # slim: a layer that is not recomputed recomputes its two norm outputs and the SwiGLU product
     # in backward instead of keeping them (harness/slim.py)
-    slim = layer - (2 * res * h + 2.0 * i if s.slim_activations else 0.0)
+    slim = layer - (2 * norm_out * h + 2.0 * i if s.slim_activations else 0.0)
     # full: only layer inputs survive forward; one layer is recomputed at a time in backward.
     # selective: round(fraction * n) layers recomputed (at least one), the rest keep everything.
     # offload: the same with the recomputed layers' inputs in host memory (two in flight).

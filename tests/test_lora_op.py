@@ -10,10 +10,10 @@ import textwrap
 
 import pytest
 import torch
-from conftest import REPO, lora_b_random, loss_and_grads, requires_cuda
+from conftest import REPO, loss_and_grads, requires_cuda, tiny_4bit
 
 from harness import levers, lora_op
-from harness.config import LoraConfig, QuantConfig, TrainConfig
+from harness.config import TrainConfig
 
 KERNEL_CHECK = textwrap.dedent("""
     import sys, torch
@@ -83,15 +83,7 @@ def test_triton_dropout_kernels_match_the_reference_on_cuda():
 
 def _tiny_4bit(tmp_path, dropout: float):
     """The tiny llama shape through the harness's own load (nf4 + double quant) and adapter."""
-    from harness import models
-
-    torch.manual_seed(0)
-    weights = models._random_weights_dir("tiny-llama", 0)
-    qcfg = QuantConfig(type="nf4", double_quant=True, compute_dtype="bf16")
-    base = models.load_base(str(weights), qcfg, device="cpu")
-    lcfg = LoraConfig(r=8, alpha=16, dropout=dropout)
-    model = models.attach_adapter(base, lcfg, qcfg, targets="all-linear", checkpointing=False)
-    return lora_b_random(model)
+    return tiny_4bit(dropout)
 
 
 _loss_grads = loss_and_grads

@@ -1,0 +1,81 @@
+"""train.residual_dtype=fp32 (with train.frozen_dtype=bf16): the plain stack's fp32 residual stream
+without its fp32 weights.
+
+Why: peft's prepare_model_for_kbit_training upcasts embeddings, norms and head to fp32 (their
+values stay the bf16 ones). What that changes in the math is the residual stream: it runs in fp32,
+so the small early updates of the adapters that write into it (down_proj's branch, added to
+bitsandbytes' output in fp32) are not rounded away. With a bf16 stream (frozen_dtype=bf16 alone)
+the loss of steps 3-9 moved by up to 0.23 on llama3-8b (BENCHMARKS.md). Everything else the upcast
+costs buys no precision: every matmul still runs in the compute dtype, so the fp32 weights, the
+fp32 norm outputs and the bf16 copies the matmuls make of them are memory and bandwidth only.
+
+What this lever does, and why each step is the plain stack's arithmetic:
+- the input embedding's output is widened to fp32: the same values as peft's fp32 table gives;
+- a norm whose input is fp32 computes in fp32 (HF's and Liger's kernels do) and returns the
+  compute dtype: rounded once, where the plain stack rounds its fp32 norm output at the next
+  matmul's cast, which is all that reads it;
+- each MLP's down_proj (the adapted Linear whose input, the SwiGLU product, is fp32 in the plain
+  stack) returns fp32 with its LoRA branch added in fp32: the fused op reads OUT_DTYPE; peft's own
+  modules get their input widened to fp32, exactly the plain stack's call.
+q, k, v, gate and up return the compute dtype (fp32 in the plain stack, then rounded at attention
+or down_proj's input): one more rounding of values that are rounded next anyway.
+"""
+
+import torch
+
+OUT_DTYPE = "_harness_out_dtype"  # on an MLP's down_proj: the dtype its fused op returns
+_HOOK = "_harness_residual_hook"
+
+
+def _remove(module: torch.nn.Module) -> None:
+    handle = vars(module).pop(_HOOK, None)
+    if handle is not None:
+        handle.remove()
+
+
+def _hook(module: torch.nn.Module, fn, *, pre: bool = False) -> None:
+    register = module.register_forward_pre_hook if pre else module.register_forward_hook
+    setattr(module, _HOOK, register(fn))
+
+
+def _widen_output(module, args, out):
+    return out.float()
+
+
+def _narrow_norm(module, args, out):
+    weight = getattr(module, "weight", None)
+    if weight is None or out.dtype.itemsize <= weight.dtype.itemsize:
+        return None
+    return out.to(weight.dtype)
+
+
+def _widen_input(module, args):
+    if module.__dict__.get("_harness_lever") == "fused":  # levers' mark: the op reads OUT_DTYPE
+        return None
+    return (args[0].float(), *args[1:])
+
+
+def apply(model, on: bool) -> dict:
+    """Set (on) or undo the fp32 residual stream on a peft model. Call before slim's norm hooks are
+    registered: a slim layer must remember the narrowed norm output, the one the projections read.
+    Returns what was changed."""
+    emb = model.get_input_embeddings()
+    _remove(emb)
+    norms = downs = 0
+    for module in model.modules():
+        if type(module).__name__.endswith("RMSNorm"):
+            _remove(module)
+            if on:
+                _hook(module, _narrow_norm)
+                norms += 1
+        down = getattr(module, "down_proj", None)
+        if down is not None and hasattr(module, "gate_proj") and hasattr(down, "lora_A"):
+            _remove(down)
+            vars(down).pop(OUT_DTYPE, None)
+            if on:
+                setattr(down, OUT_DTYPE, torch.float32)
+                _hook(down, _widen_input, pre=True)
+                downs += 1
+    if on:
+        _hook(emb, _widen_output)
+    return {"residual_fp32_norms": norms, "residual_fp32_down_proj": downs}

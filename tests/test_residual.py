@@ -1,0 +1,125 @@
+"""train.residual_dtype=fp32 (harness/residual.py): bf16 frozen weights with the plain stack's fp32
+residual stream. On the real 4-bit tiny llama under bf16 autocast, against the plain stack (peft's
+fp32 upcast, train.frozen_dtype=fp32): the small adapter update that the bf16 stream rounds away
+survives, and loss and gradients agree to bf16 rounding, with peft's modules and the fused op (and
+on CUDA with the fast preset's kernels: Liger's RMSNorm, SwiGLU and RoPE, the Triton dequant)."""
+
+import pytest
+import torch
+from conftest import loss_and_grads, requires_cuda, tiny_4bit
+
+from harness import levers, residual
+from harness.config import TrainConfig
+from harness.errors import ConfigError
+
+# (device, levers besides frozen_dtype=bf16): peft's modules, the fused op, the fast kernels
+SETUPS = [
+    pytest.param("cpu", {"lora_kernel": "peft"}, id="peft"),
+    pytest.param("cpu", {"lora_kernel": "fused"}, id="fused"),
+    pytest.param(
+        "cuda",
+        {"lora_kernel": "fused", "kernels": "liger", "dequant_kernel": "triton"},
+        id="cuda-fast",
+        marks=requires_cuda,
+    ),  # fmt: skip
+]
+
+
+def _apply(model, **train):
+    return levers.apply(model, TrainConfig(checkpointing="none", **train),
+                        compute_dtype=torch.bfloat16)  # fmt: skip
+
+
+def _autocast(model):
+    return torch.autocast(model.device.type, dtype=torch.bfloat16)
+
+
+def _logits(model, ids):
+    with torch.no_grad(), _autocast(model):
+        return model(input_ids=ids).logits.float()
+
+
+def _update(model, ids, std: float = 2e-5) -> torch.Tensor:
+    """What an adapter update far under bf16's resolution, on down_proj alone (every other lora_B
+    zero), changes in the residual stream after the first decoder layer."""
+    out = []
+    for scale in (0.0, 1.0):
+        torch.manual_seed(1)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, std).mul_(scale if "down_proj" in name else 0.0)
+            with _autocast(model):
+                hidden = model(input_ids=ids, output_hidden_states=True).hidden_states[1]
+        out.append(hidden.float())
+    return out[1] - out[0]
+
+
+@pytest.mark.parametrize("device,levers_on", SETUPS)
+def test_fp32_residual_keeps_the_small_update_the_bf16_stream_rounds_away(device, levers_on):
+    model = tiny_4bit(device=device)
+    ids = torch.randint(0, 1000, (2, 16), device=device)
+    plain = _update(model, ids)  # the plain stack: peft's fp32 upcast
+    _apply(model, frozen_dtype="bf16", **levers_on)
+    narrow = _update(model, ids)
+    applied = _apply(model, frozen_dtype="bf16", residual_dtype="fp32", **levers_on)
+    assert applied["residual_fp32_down_proj"] == 2 and applied["residual_fp32_norms"] == 5
+    wide = _update(model, ids)
+    assert plain.abs().max() > 0
+    # the bf16 stream: the update is lost or turned into whole-ulp roundings of the stream
+    assert (narrow - plain).norm() > 0.5 * plain.norm()
+    torch.testing.assert_close(wide, plain, rtol=0.02, atol=1e-7)  # fp32 stream: plain's
+
+
+def test_fp32_residual_runs_the_stream_in_fp32_and_stores_weights_in_bf16():
+    model = tiny_4bit()
+    seen = []
+    layer = model.base_model.model.model.layers[1]
+    def record(module, args, kwargs):
+        seen.append((args[0] if args else kwargs["hidden_states"]).dtype)
+
+    layer.register_forward_pre_hook(record, with_kwargs=True)
+    _apply(model, frozen_dtype="bf16", residual_dtype="fp32", lora_kernel="fused")
+    _logits(model, torch.randint(0, 1000, (1, 8)))
+    assert seen == [torch.float32]
+    frozen = [p for p in model.parameters() if not p.requires_grad and p.is_floating_point()]
+    assert all(p.dtype == torch.bfloat16 for p in frozen if p.__class__.__name__ != "Params4bit")
+
+
+@pytest.mark.parametrize("device,levers_on", SETUPS)
+def test_fp32_residual_matches_the_plain_stack_loss_and_gradients(device, levers_on):
+    model = tiny_4bit(device=device)
+    ids = torch.randint(0, 1000, (2, 16), device=device)
+
+    def step():
+        with _autocast(model):
+            return loss_and_grads(model, ids)
+
+    loss_ref, grads_ref = step()  # plain: peft, fp32 upcast
+    _apply(model, frozen_dtype="bf16", residual_dtype="fp32", **levers_on)
+    loss, grads = step()
+    torch.testing.assert_close(loss, loss_ref, rtol=2e-3, atol=2e-3)
+    for name, grad in grads_ref.items():  # q/k/v/gate/up round once more: bf16-level agreement
+        err = (grads[name] - grad).norm() / grad.norm()
+        assert err < 3e-2, (name, float(err))
+
+
+def test_fp32_residual_is_undone_on_the_same_instance():
+    """A pooled base carries the previous trial's levers: the next trial's apply resets them."""
+    model = tiny_4bit()
+    ids = torch.randint(0, 1000, (1, 8))
+    _apply(model, frozen_dtype="bf16", lora_kernel="fused")
+    ref = _logits(model, ids)
+    _apply(model, frozen_dtype="bf16", residual_dtype="fp32", lora_kernel="fused")
+    assert not torch.equal(_logits(model, ids), ref)
+    applied = _apply(model, frozen_dtype="bf16", lora_kernel="fused")
+    assert applied["residual_fp32_norms"] == applied["residual_fp32_down_proj"] == 0
+    assert not any(hasattr(m, residual.OUT_DTYPE) for m in model.modules())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()
+                   if type(m).__name__.endswith("RMSNorm"))  # fmt: skip
+    torch.testing.assert_close(_logits(model, ids), ref, rtol=0, atol=0)
+
+
+def test_residual_dtype_is_validated_before_loading():
+    with pytest.raises(ConfigError, match="train.residual_dtype.*bf32"):
+        TrainConfig(residual_dtype="bf32")
