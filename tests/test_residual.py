@@ -75,6 +75,7 @@ def test_fp32_residual_runs_the_stream_in_fp32_and_stores_weights_in_bf16():
     model = tiny_4bit()
     seen = []
     layer = model.base_model.model.model.layers[1]
+
     def record(module, args, kwargs):
         seen.append((args[0] if args else kwargs["hidden_states"]).dtype)
 
