@@ -62,7 +62,8 @@ def apply(model, tcfg: TrainConfig, *, compute_dtype: torch.dtype) -> dict:
     )
     applied.update(_checkpointing(model, tcfg.checkpointing, tcfg.checkpoint_fraction))
     wide = tcfg.residual_dtype == "fp32" and tcfg.frozen_dtype != "fp32"
-    applied.update(residual.apply(model, wide))  # before _slim: slim's hooks go after its own
+    # before _slim: slim's norm hooks must come after the residual's own
+    applied.update(residual.apply(model, wide, compute_dtype))
     applied["slim_layers"] = _slim(model, tcfg.slim_activations, tcfg.kernels)
     applied["embeddings_on_cpu"] = offload.embeddings_on_cpu(model, tcfg.embeddings_on_cpu)
     applied["expandable_segments"] = offload.expandable_segments(tcfg.expandable_segments)

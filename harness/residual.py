@@ -18,7 +18,10 @@ What this lever does, and why each step is the plain stack's arithmetic:
   stack) returns fp32 with its LoRA branch added in fp32: the fused op reads OUT_DTYPE; peft's own
   modules get their input widened to fp32, exactly the plain stack's call.
 q, k, v, gate and up return the compute dtype (fp32 in the plain stack, then rounded at attention
-or down_proj's input): one more rounding of values that are rounded next anyway.
+or down_proj's input): one more rounding of values that are rounded next anyway. The rotary
+cos/sin follow the stream's dtype (fp32, as in the plain stack, where autocast casts the rotated
+q and k at attention); without autocast (CPU trials) they take the compute dtype, since a bf16 v
+beside fp32-rotated q and k is refused by attention.
 """
 
 import torch
@@ -49,13 +52,20 @@ def _narrow_norm(module, args, out):
     return out.to(weight.dtype)
 
 
+def _rotary_without_autocast(module, args, out):
+    cos = out[0]
+    if torch.is_autocast_enabled(cos.device.type):
+        return None
+    return tuple(t.to(module._harness_compute_dtype) for t in out)
+
+
 def _widen_input(module, args):
     if module.__dict__.get("_harness_lever") == "fused":  # levers' mark: the op reads OUT_DTYPE
         return None
     return (args[0].float(), *args[1:])
 
 
-def apply(model, on: bool) -> dict:
+def apply(model, on: bool, compute_dtype: torch.dtype) -> dict:
     """Set (on) or undo the fp32 residual stream on a peft model. Call before slim's norm hooks are
     registered: a slim layer must remember the narrowed norm output, the one the projections read.
     Returns what was changed."""
@@ -63,6 +73,11 @@ def apply(model, on: bool) -> dict:
     _remove(emb)
     norms = downs = 0
     for module in model.modules():
+        if type(module).__name__.endswith("RotaryEmbedding"):
+            _remove(module)
+            if on:
+                module._harness_compute_dtype = compute_dtype
+                _hook(module, _rotary_without_autocast)
         if type(module).__name__.endswith("RMSNorm"):
             _remove(module)
             if on:

@@ -6,7 +6,7 @@ on CUDA with the fast preset's kernels: Liger's RMSNorm, SwiGLU and RoPE, the Tr
 
 import pytest
 import torch
-from conftest import loss_and_grads, requires_cuda, tiny_4bit
+from conftest import TINY, load_json, loss_and_grads, requires_cuda, run_harness, tiny_4bit
 
 from harness import levers, residual
 from harness.config import TrainConfig
@@ -124,3 +124,17 @@ def test_fp32_residual_is_undone_on_the_same_instance():
 def test_residual_dtype_is_validated_before_loading():
     with pytest.raises(ConfigError, match="train.residual_dtype.*bf32"):
         TrainConfig(residual_dtype="bf32")
+
+
+def test_a_trial_trains_with_the_fp32_residual_and_records_it(tmp_path):
+    """The real entry point on the CPU (no autocast there: the rotary tables take bf16), selective
+    recompute and slim kept layers on top."""
+    out = tmp_path / "trial"
+    proc = run_harness([*TINY, "train.frozen_dtype=bf16", "train.residual_dtype=fp32",
+                        "train.lora_kernel=fused", "train.checkpointing=selective",
+                        "train.slim_activations=true", f"out_dir={out}"])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rec = load_json(out / "record.json")
+    assert rec["status"] == "success", rec["error"]
+    assert rec["config"]["train"]["residual_dtype"] == "fp32"
+    assert rec["levers"]["residual_fp32_down_proj"] == 2 and rec["levers"]["slim_layers"] == 1
