@@ -9,14 +9,11 @@ What it saves and moves, where peft's three modules differ:
 - the dropout mask is a pure function of a seed (drawn from the CPU generator, which activation
   checkpointing restores before it recomputes a layer), regenerated in backward: on CUDA inside
   Triton kernels that read x once (harness/lora_triton.py), on the CPU as a seeded tensor;
-- the base matmul accumulates onto the branch (addmm: cuBLAS adds it to its fp32 accumulator),
-  so base + branch is rounded ONCE to bf16. peft on bf16 activations rounds the base output
-  first and adds the branch after, which returns the rounded base unchanged wherever the branch
-  is under half a bf16 step, as it is everywhere in a fresh adapter's first steps; the plain stack
-  (fp32 activations) keeps it in fp32 until the next op. In backward the LoRA input-gradient is
-  added into the base's in place: no separate add passes. Where the input (or `out_dtype`: a
-  down_proj under train.residual_dtype=fp32) is wider than the compute dtype, the output is
-  that dtype and the branch is added in it, as peft adds it to bitsandbytes' output;
+- the branch is accumulated into the base output in place (addmm), and in backward the LoRA
+  input-gradient is added into the base's in place: no separate add passes. Where the input (or
+  `out_dtype`: a down_proj under train.residual_dtype=fp32) is wider than the compute dtype, the
+  branch is added in that dtype instead, as peft adds it to bitsandbytes' output: a small update
+  to an fp32 residual stream is not rounded away;
 - in a slim layer (harness/slim.py) it saves the recipe of its input, not the input;
 - the base weight is dequantized once in forward and once in backward, as bitsandbytes does;
   with train.dequant_kernel=triton by one kernel that writes bitsandbytes' values bit for bit
@@ -116,6 +113,8 @@ class LoraLinear(torch.autograd.Function):
         bias = None if layer.bias is None else layer.bias.to(base_dtype)
         c = scale / (1.0 - p)
         with _explicit_dtypes(x.device.type, dtype, base_dtype):
+            y = F.linear(xb, base_weight(layer, base_dtype), bias).to(dtype)  # [N, out]
+            del xb
             if _use_triton(x2, p):
                 from harness.lora_triton import lora_a_forward
 
@@ -127,17 +126,11 @@ class LoraLinear(torch.autograd.Function):
                 del xd
             else:
                 h = (x2 @ a.t()) * scale
-            w = base_weight(layer, base_dtype)
-            if wide.itemsize > dtype.itemsize:  # output to an fp32 residual stream: as peft adds
-                # its branch to bitsandbytes' output, in fp32 (a small update survives)
-                y = F.linear(xb, w, bias).to(wide).add_(h @ b.t())
-            elif base_dtype == dtype:  # the branch first, then the base matmul adds it to its
-                # fp32 accumulator (cuBLAS's beta*C): ONE rounding of base + branch
-                y = h @ b.t() if bias is None else torch.addmm(bias, h, b.t())
-                y.addmm_(xb, w.t())
+            if wide.itemsize > y.dtype.itemsize:  # output to an fp32 residual stream: as peft
+                # adds its branch to bitsandbytes' output, in fp32 (a small update survives)
+                y = y.to(wide).add_(h @ b.t())
             else:
-                y = F.linear(xb, w, bias).to(dtype).addmm_(h, b.t())
-            del xb, w
+                y.addmm_(h, b.t())
         ctx.save_for_backward(*([] if ctx.recipe else [x2]), a, b, h)
         ctx.layer, ctx.scale, ctx.p, ctx.seed = layer, scale, p, seed
         ctx.dtype, ctx.base_dtype, ctx.x_shape, ctx.x_dtype = dtype, base_dtype, shape, x.dtype

@@ -7,7 +7,8 @@ mean of its plain rows where it ran twice (h200_v3_a, h200_v5_c); h200_v3_b, h20
 h200_v4_d, which have no plain row, ran right after h200_v3_a, h200_v4_a and h200_v4_c in the same
 device call on the same machine and take their reference from there (REFERENCE); so do h200_v5_a
 and h200_v5_b (h200_v5_c, the same call) and the fifth round's final sweeps, one process per
-configuration (h200_v5_plain). Any other sweep without a plain row gets no ratio.
+configuration (h200_v5_plain), as are the sixth and seventh rounds' (h200_v6_*, h200_v7_*: each
+against its own call's plain process). Any other sweep without a plain row gets no ratio.
 "offload 19/32": 19 of the 32 layers recomputed; "slim 12": 12 slim layers (h200_v5_a/b: the
 recomputed layers were slim too, code since dropped: BENCHMARKS.md).
 """
@@ -19,7 +20,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 FINAL = ("h200_v5_plain", "h200_v5_hybrid", "h200_v5_lean", "h200_v5_fast")  # one process each
-SWEEPS = (*FINAL, "h200_v5_c", "h200_v5_a", "h200_v5_b",
+V7 = ("h200_v7_plain", "h200_v7_fast", "h200_v7_fast_r32", "h200_v7_lean")  # one process each
+V6 = ("h200_v6_plain", "h200_v6_fast", "h200_v6_fast_r32", "h200_v6_hybrid_r32",
+      "h200_v6_lean_r32")  # fmt: skip
+SWEEPS = (*V7, *V6, *FINAL, "h200_v5_c", "h200_v5_a", "h200_v5_b",
           "h200_v4_c", "h200_v4_d", "h200_v4_a", "h200_v4_b",
           "h200_v3_a", "h200_v3_b", "h200_v3_b1", "h200_v3_fp4", "h200_v3_qwen_b4",
           "h200_v3_qwen_b1", "h200_v3_smollm2_b4", "h200_v2", "h200_b4", "h200_fresh",
@@ -27,6 +31,7 @@ SWEEPS = (*FINAL, "h200_v5_c", "h200_v5_a", "h200_v5_b",
           "qwen_b1", "smollm2_b4")  # fmt: skip
 LEVERS = {"kernels": "liger", "lora_kernel": "fused", "frozen_dtype": "bf16"}
 FLAGS = {"flat_optimizer": "flat", "embeddings_on_cpu": "emb cpu", "slim_activations": "slim"}
+VALUED = {"residual_dtype": ("fp32", "fp32 residual")}  # key: (value, label)
 REFERENCE = {
     "h200_v3_b": "h200_v3_a",
     "h200_v4_b": "h200_v4_a",
@@ -34,6 +39,8 @@ REFERENCE = {
     "h200_v5_a": "h200_v5_c",
     "h200_v5_b": "h200_v5_c",
     **{sweep: "h200_v5_plain" for sweep in FINAL[1:]},
+    **{sweep: "h200_v6_plain" for sweep in V6[1:]},
+    **{sweep: "h200_v7_plain" for sweep in V7[1:]},
 }  # sweep -> the sweep whose plain rows it is compared with
 
 
@@ -44,6 +51,7 @@ def setting(rec: dict) -> str:
     t, lora = rec["config"]["train"], rec["config"]["lora"]
     on = [v for k, v in LEVERS.items() if t[k] == v] or ["plain"]
     on += [v for k, v in FLAGS.items() if t.get(k)]
+    on += [label for k, (v, label) in VALUED.items() if t.get(k) == v]
     slim_n = (rec.get("levers") or {}).get("slim_layers")
     on = [f"slim {slim_n}" if v == "slim" and slim_n is not None else v for v in on]
     on += ["dq"] if (rec.get("levers") or {}).get("dequant_triton") else []  # Triton dequant
