@@ -72,7 +72,11 @@ def test_breakdown_adds_up() -> None:
       {"checkpointing": "selective", "checkpoint_fraction": 0.75}),
      ({"checkpointing": "offload", "checkpoint_fraction": 0.75},
       {"checkpointing": "selective", "checkpoint_fraction": 0.75}),
-     ({"checkpointing": "offload"}, {"checkpointing": "offload", "checkpoint_fraction": 0.75})],
+     ({"checkpointing": "offload"}, {"checkpointing": "offload", "checkpoint_fraction": 0.75}),
+     ({"checkpointing": "selective", "lora_kernel": "fused"},  # train.residual_dtype=fp32: wider
+      {"checkpointing": "selective", "lora_kernel": "fused", "residual_fp32": True}),
+     ({"checkpointing": "selective", "lora_kernel": "fused", "residual_fp32": True},
+      {"checkpointing": "selective", "lora_kernel": "fused", "upcast_frozen": True})],
 )  # fmt: skip
 def test_levers_move_memory_the_right_way(cheaper: dict, dearer: dict) -> None:
     low = predict_peak_gib(LLAMA3_8B, replace(QLORA, **cheaper))["total"]
