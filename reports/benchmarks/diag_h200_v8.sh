@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Eighth call (diagnostic; written, NOT run as a whole: only the probe ran, alone, results/h200_v8): where the fast
-# presets' early-step loss gap comes from. (1) Does a branch-first addmm (the seventh round's fused
+# Eighth call (diagnostic; NOT run as a whole: only the probe ran, alone: results/h200_v8): where
+# the fast presets' early-step loss gap comes from. (1) Does a branch-first addmm (the seventh round's fused
 # op, commit 360c0c9, since reverted) round base + branch once on the GPU (rounding_probe.py)?
 # (2) The plain stack (peft's modules, HF kernels, full recompute) with bf16 frozen weights, with
 # and without the fp32 residual stream, 10 steps, one process.
