@@ -2,12 +2,12 @@
 without its fp32 weights.
 
 Why: peft's prepare_model_for_kbit_training upcasts embeddings, norms and head to fp32 (their
-values stay the bf16 ones). What that changes in the math is the residual stream: it runs in fp32,
-so the small early updates of the adapters that write into it (down_proj's branch, added to
-bitsandbytes' output in fp32) are not rounded away. With a bf16 stream (frozen_dtype=bf16 alone)
-the loss of steps 3-9 moved by up to 0.23 on llama3-8b (BENCHMARKS.md). Everything else the upcast
-costs buys no precision: every matmul still runs in the compute dtype, so the fp32 weights, the
-fp32 norm outputs and the bf16 copies the matmuls make of them are memory and bandwidth only.
+values stay the bf16 ones), so the plain stack's activations run in fp32 between its bf16 matmuls.
+With bf16 weights (frozen_dtype=bf16) they run in bf16, and the loss of steps 3-9 moved by up to
+0.23 on llama3-8b. This lever keeps the one fp32 tensor that accumulates across layers, the
+residual stream, where a fresh adapter's small updates would round away. Measured (H200,
+BENCHMARKS.md, sixth round): it closes a third of that gap (0.23 -> 0.17) for 6% of the fast
+preset's speed and +2.5 GiB, so the stream is not the main cause; no preset turns it on.
 
 What this lever does, and why each step is the plain stack's arithmetic:
 - the input embedding's output is widened to fp32: the same values as peft's fp32 table gives;
@@ -17,8 +17,10 @@ What this lever does, and why each step is the plain stack's arithmetic:
 - each MLP's down_proj (the adapted Linear whose input, the SwiGLU product, is fp32 in the plain
   stack) returns fp32 with its LoRA branch added in fp32: the fused op reads OUT_DTYPE; peft's own
   modules get their input widened to fp32, exactly the plain stack's call.
-q, k, v, gate and up return the compute dtype (fp32 in the plain stack, then rounded at attention
-or down_proj's input): one more rounding of values that are rounded next anyway. The rotary
+q, k, v, gate and up return the compute dtype; in the plain stack they are fp32 (bitsandbytes'
+rounded output plus the branch in fp32) until RoPE, attention or SwiGLU reads them. There a branch
+under half a bf16 step added to the already rounded base is lost: the likely rest of the gap (not
+measured; BENCHMARKS.md says why the one attempt at it did not test it). The rotary
 cos/sin follow the stream's dtype (fp32, as in the plain stack, where autocast casts the rotated
 q and k at attention); without autocast (CPU trials) they take the compute dtype, since a bf16 v
 beside fp32-rotated q and k is refused by attention.
