@@ -200,8 +200,8 @@ class TrainConfig:
     lora_kernel: str = "peft"  # peft | fused: one autograd op for the LoRA branch
     dequant_kernel: str = "bnb"  # bnb | triton: 4-bit dequant inside lora_kernel=fused (CUDA)
     frozen_dtype: str = "fp32"  # fp32 (peft's upcast) | bf16: embeddings, norms, head
-    # auto: the embeddings' dtype (frozen_dtype) | fp32: an fp32 stream under bf16 weights, the
-    # plain stack's arithmetic at bf16's weight memory (harness/residual.py)
+    # auto: the embeddings' dtype (frozen_dtype) | fp32: the plain stack's fp32 residual stream
+    # under bf16 weights (harness/residual.py)
     residual_dtype: str = "auto"
     embeddings_on_cpu: bool = False  # frozen input embedding table in host memory (CUDA)
     expandable_segments: bool = False  # PyTorch allocator: expandable segments (CUDA)

@@ -63,7 +63,8 @@ def apply(model, tcfg: TrainConfig, *, compute_dtype: torch.dtype) -> dict:
     applied.update(_checkpointing(model, tcfg.checkpointing, tcfg.checkpoint_fraction))
     wide = tcfg.residual_dtype == "fp32" and tcfg.frozen_dtype != "fp32"
     # before _slim: slim's norm hooks must come after the residual's own
-    applied.update(residual.apply(model, wide, compute_dtype))
+    fused = tcfg.lora_kernel == "fused"
+    applied.update(residual.apply(model, wide, compute_dtype, fused=fused))
     applied["slim_layers"] = _slim(model, tcfg.slim_activations, tcfg.kernels)
     applied["embeddings_on_cpu"] = offload.embeddings_on_cpu(model, tcfg.embeddings_on_cpu)
     applied["expandable_segments"] = offload.expandable_segments(tcfg.expandable_segments)
@@ -194,7 +195,7 @@ def _fused_lora_forward(self, x, *args, **kwargs):
     name = _single_plain_adapter(self, kwargs)
     out_dtype = vars(self).get(residual.OUT_DTYPE)  # a down_proj writing to an fp32 residual
     if name is None or not lora_op.supported_base(self.base_layer):
-        x = x if out_dtype is None else x.to(out_dtype)  # as residual's hook does for peft
+        x = x if out_dtype is None else x.to(out_dtype)  # peft's forward, as in the plain stack
         return type(self).forward(self, x, *args, **kwargs)
     a, b = self.lora_A[name].weight, self.lora_B[name].weight
     drop = self.lora_dropout[name]

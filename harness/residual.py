@@ -26,6 +26,8 @@ q and k at attention); without autocast (CPU trials) they take the compute dtype
 beside fp32-rotated q and k is refused by attention.
 """
 
+import functools
+
 import torch
 
 OUT_DTYPE = "_harness_out_dtype"  # on an MLP's down_proj: the dtype its fused op returns
@@ -54,22 +56,20 @@ def _narrow_norm(module, args, out):
     return out.to(weight.dtype)
 
 
-def _rotary_without_autocast(module, args, out):
-    cos = out[0]
-    if torch.is_autocast_enabled(cos.device.type):
+def _rotary_without_autocast(module, args, out, *, dtype: torch.dtype):
+    if torch.is_autocast_enabled(out[0].device.type):
         return None
-    return tuple(t.to(module._harness_compute_dtype) for t in out)
+    return tuple(t.to(dtype) for t in out)
 
 
 def _widen_input(module, args):
-    if module.__dict__.get("_harness_lever") == "fused":  # levers' mark: the op reads OUT_DTYPE
-        return None
     return (args[0].float(), *args[1:])
 
 
-def apply(model, on: bool, compute_dtype: torch.dtype) -> dict:
+def apply(model, on: bool, compute_dtype: torch.dtype, *, fused: bool) -> dict:
     """Set (on) or undo the fp32 residual stream on a peft model. Call before slim's norm hooks are
     registered: a slim layer must remember the narrowed norm output, the one the projections read.
+    `fused`: the adapted Linears run the fused op, which reads OUT_DTYPE (no input widening).
     Returns what was changed."""
     emb = model.get_input_embeddings()
     _remove(emb)
@@ -78,8 +78,7 @@ def apply(model, on: bool, compute_dtype: torch.dtype) -> dict:
         if type(module).__name__.endswith("RotaryEmbedding"):
             _remove(module)
             if on:
-                module._harness_compute_dtype = compute_dtype
-                _hook(module, _rotary_without_autocast)
+                _hook(module, functools.partial(_rotary_without_autocast, dtype=compute_dtype))
         if type(module).__name__.endswith("RMSNorm"):
             _remove(module)
             if on:
@@ -91,7 +90,8 @@ def apply(model, on: bool, compute_dtype: torch.dtype) -> dict:
             vars(down).pop(OUT_DTYPE, None)
             if on:
                 setattr(down, OUT_DTYPE, torch.float32)
-                _hook(down, _widen_input, pre=True)
+                if not fused:
+                    _hook(down, _widen_input, pre=True)
                 downs += 1
     if on:
         _hook(emb, _widen_output)

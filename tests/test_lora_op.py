@@ -81,16 +81,11 @@ def test_triton_dropout_kernels_match_the_reference_on_cuda():
     _kernel_check("cuda", "float32", seed=2)
 
 
-def _tiny_4bit(tmp_path, dropout: float):
-    """The tiny llama shape through the harness's own load (nf4 + double quant) and adapter."""
-    return tiny_4bit(dropout)
-
-
 _loss_grads = loss_and_grads
 
 
-def test_fused_op_matches_peft_on_real_4bit_layers(tmp_path):
-    model = _tiny_4bit(tmp_path, dropout=0.0)
+def test_fused_op_matches_peft_on_real_4bit_layers():
+    model = tiny_4bit(0.0)
     ids = torch.randint(0, 1000, (2, 16))
     loss_ref, grads_ref = _loss_grads(model, ids)
     applied = levers.apply(model, TrainConfig(lora_kernel="fused", checkpointing="none"),
@@ -104,10 +99,10 @@ def test_fused_op_matches_peft_on_real_4bit_layers(tmp_path):
         assert err < 2e-2, (name, float(err))
 
 
-def test_fused_op_with_dropout_under_checkpointing_recomputes_the_same_mask(tmp_path):
+def test_fused_op_with_dropout_under_checkpointing_recomputes_the_same_mask():
     """With dropout the recomputed layer must redraw the forward's mask: the gradient with
     checkpointing equals the gradient without it, for the same CPU RNG state."""
-    model = _tiny_4bit(tmp_path, dropout=0.3)
+    model = tiny_4bit(0.3)
     levers.apply(model, TrainConfig(lora_kernel="fused", checkpointing="none"),
                  compute_dtype=torch.bfloat16)  # fmt: skip
     ids = torch.randint(0, 1000, (2, 16))
@@ -173,11 +168,11 @@ def test_fused_op_on_a_biased_16bit_base_is_the_lora_formula():
         torch.testing.assert_close(got, want)
 
 
-def test_fused_op_adds_the_branch_in_the_residual_dtype_as_peft_does(tmp_path):
+def test_fused_op_adds_the_branch_in_the_residual_dtype_as_peft_does():
     """frozen_dtype=fp32 (the plain stack's fp32 residual stream) under bf16 autocast: peft adds
     its bf16 branch to the 4-bit base's fp32 output; a small update must not be rounded away in a
     bf16 sum (H200: that moved the loss of steps 3-9 by up to 0.23)."""
-    layer = _tiny_4bit(tmp_path, dropout=0.0).base_model.model.model.layers[0].mlp.up_proj
+    layer = tiny_4bit(0.0).base_model.model.model.layers[0].mlp.up_proj
     with torch.no_grad():
         layer.lora_B["default"].weight.normal_(0, 1e-4)  # updates well under bf16's resolution
     x = torch.randn(2, 8, layer.in_features)
