@@ -204,6 +204,7 @@ class TrainConfig:
     # under bf16 weights (harness/residual.py)
     residual_dtype: str = "auto"
     embeddings_on_cpu: bool = False  # frozen input embedding table in host memory (CUDA)
+    head_on_cpu: bool = False  # frozen LM head in pinned host memory, copied in per forward (CUDA)
     expandable_segments: bool = False  # PyTorch allocator: expandable segments (CUDA)
     flat_optimizer: bool = False  # one optimizer update over all adapter tensors (same math)
     seed: int = 0

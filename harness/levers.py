@@ -11,6 +11,7 @@ a sweep's pool never carries the previous trial's choice.
     train.checkpointing=offload   the same (default: every layer), their inputs in host memory
     train.slim_activations=true   layers not recomputed keep norm/SwiGLU inputs only (slim.py)
     train.embeddings_on_cpu=true  the frozen input embedding table in host memory
+    train.head_on_cpu=true        the frozen LM head in pinned host memory, streamed in per forward
     train.expandable_segments     PyTorch's expandable allocator segments (less fragmentation)
     train.flat_optimizer          one optimizer update over all adapter tensors (flat_optim.py,
                                   applied where HF's Trainer builds the optimizer: train.py)
@@ -46,6 +47,7 @@ def check(tcfg: TrainConfig, device: str) -> None:
         "train.dequant_kernel": tcfg.dequant_kernel == "triton" and "triton",
         "train.checkpointing": tcfg.checkpointing == "offload" and "offload",
         "train.embeddings_on_cpu": tcfg.embeddings_on_cpu,
+        "train.head_on_cpu": tcfg.head_on_cpu,
         "train.expandable_segments": tcfg.expandable_segments,
     }
     for key, value in cuda_only.items():
@@ -55,6 +57,7 @@ def check(tcfg: TrainConfig, device: str) -> None:
 
 def apply(model, tcfg: TrainConfig, *, compute_dtype: torch.dtype) -> dict:
     """Set every lever on `model` (a peft model) as `tcfg` says. Returns what was applied."""
+    offload.head_on_cpu(model, False)  # a pooled base's head back in place before any cast
     applied = {"frozen_cast": _frozen_dtype(model, tcfg.frozen_dtype, compute_dtype)}
     applied.update(_kernels(model, tcfg.kernels))
     applied["lora_fused"], applied["dequant_triton"] = _lora_kernel(
@@ -67,6 +70,7 @@ def apply(model, tcfg: TrainConfig, *, compute_dtype: torch.dtype) -> dict:
     applied.update(residual.apply(model, wide, compute_dtype, fused=fused))
     applied["slim_layers"] = _slim(model, tcfg.slim_activations, tcfg.kernels)
     applied["embeddings_on_cpu"] = offload.embeddings_on_cpu(model, tcfg.embeddings_on_cpu)
+    applied["head_on_cpu"] = offload.head_on_cpu(model, tcfg.head_on_cpu)
     applied["expandable_segments"] = offload.expandable_segments(tcfg.expandable_segments)
     return applied
 

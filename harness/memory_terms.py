@@ -115,6 +115,7 @@ class Setting:
     checkpoint_fraction: float | None = None  # selective (null: 0.5) / offload (null: 1.0)
     slim_activations: bool = False  # kept layers keep norm/SwiGLU inputs, not outputs
     embeddings_on_cpu: bool = False  # the (untied) input embedding table in host memory
+    head_on_cpu: bool = False  # the (untied) LM head in host memory, on the GPU forward to loss
     chunked_loss: bool = False  # the loss through a chunked LM head (TRL's trainer): no logits
 
     def target_modules(self) -> tuple[str, ...]:
@@ -144,6 +145,10 @@ def static_bytes(shape: Shape, s: Setting) -> dict[str, float]:
     if s.upcast_frozen:  # fp32 embeddings/head + the bf16 head copy autocast keeps for backward
         embed = 4.0 * shape.embedding_params + 2.0 * shape.vocab_size * shape.hidden_size
     if s.embeddings_on_cpu and not shape.tie_embeddings:
+        embed -= (4.0 if s.upcast_frozen else 2.0) * shape.vocab_size * shape.hidden_size
+    # the streamed head is on the GPU from the forward's start to the head's backward: off the
+    # peak where that sits in the decoder layers' backward (any recompute), on it without one
+    if s.head_on_cpu and not shape.tie_embeddings and s.checkpointing != "none":
         embed -= (4.0 if s.upcast_frozen else 2.0) * shape.vocab_size * shape.hidden_size
     return {
         "weights": linear_bytes + embed,

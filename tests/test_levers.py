@@ -237,8 +237,59 @@ def test_offloaded_checkpoint_and_cpu_embeddings_keep_loss_and_gradients_on_cuda
     torch.testing.assert_close(_loss_and_grads(model, ids)[0], loss_ref)
 
 
+@requires_cuda
+@pytest.mark.parametrize("trl_head", [False, True])
+def test_streamed_head_keeps_loss_and_gradients_and_leaves_after_backward_on_cuda(trl_head):
+    """The LM head in pinned host memory, copied in per forward: the same loss and gradients
+    (HF's module call, and TRL's chunked loss, which reads `lm_head.weight`); the copy is gone
+    once the head's backward has run; undone on the same instance."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    model = _tiny_peft(dropout=0.1, tied=False).cuda()
+    if trl_head:
+        add_fused_lm_head(model.get_base_model())
+    ids = torch.randint(0, 1000, (2, 32), device="cuda")
+
+    def step():
+        model.zero_grad()
+        kwargs = {"fused_lm_head": True} if trl_head else {}
+        start = torch.cuda.memory_allocated()
+        loss = model(input_ids=ids, labels=ids, **kwargs).loss
+        at_loss = torch.cuda.memory_allocated() - start
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return loss.detach(), grads, (at_loss, torch.cuda.memory_allocated() - start)
+
+    _apply(model, lora_kernel="fused", checkpointing="full")
+    torch.manual_seed(3)
+    loss_ref, grads_ref, _ = step()
+    before = torch.cuda.memory_allocated()
+    applied = _apply(model, lora_kernel="fused", checkpointing="full", head_on_cpu=True)
+    head = model.get_output_embeddings()
+    assert applied["head_on_cpu"] == 49152 * 64 and "lm_head.weight" not in dict(
+        model.named_parameters()
+    )
+    head_bytes = 49152 * 64 * 4
+    # off the GPU between steps
+    assert before - torch.cuda.memory_allocated() == pytest.approx(head_bytes, abs=2**16)
+    torch.manual_seed(3)
+    loss, grads, (at_loss, after_backward) = step()
+    torch.testing.assert_close(loss, loss_ref)
+    for name, grad in grads_ref.items():
+        torch.testing.assert_close(grads[name], grad)
+    # on the GPU at the loss, gone after the head's backward (the adapter's grads are ~0.1 MB)
+    assert at_loss >= head_bytes and after_backward < head_bytes / 4
+    assert vars(head)["_harness_head"]["live"] is None
+    host = vars(head)["_harness_head"]["host"]
+    assert host.is_pinned() and torch.equal(head.weight.cpu(), host)  # a copy made on demand
+    _apply(model, lora_kernel="fused", checkpointing="full")  # undone on the same instance
+    assert isinstance(head.weight, torch.nn.Parameter) and head.weight.is_cuda
+    torch.manual_seed(3)
+    torch.testing.assert_close(step()[0], loss_ref)
+
+
 def test_host_memory_levers_are_refused_on_the_cpu():
-    for key in ("embeddings_on_cpu", "expandable_segments"):
+    for key in ("embeddings_on_cpu", "head_on_cpu", "expandable_segments"):
         with pytest.raises(ConfigError, match=f"train.{key}"):
             levers.check(TrainConfig(**{key: True}), "cpu")
     with pytest.raises(ConfigError, match="train.checkpointing"):

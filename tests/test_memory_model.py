@@ -76,12 +76,26 @@ def test_breakdown_adds_up() -> None:
      ({"checkpointing": "selective", "lora_kernel": "fused"},  # train.residual_dtype=fp32: wider
       {"checkpointing": "selective", "lora_kernel": "fused", "residual_fp32": True}),
      ({"checkpointing": "selective", "lora_kernel": "fused", "residual_fp32": True},
-      {"checkpointing": "selective", "lora_kernel": "fused", "upcast_frozen": True})],
+      {"checkpointing": "selective", "lora_kernel": "fused", "upcast_frozen": True}),
+     ({"checkpointing": "offload", "head_on_cpu": True}, {"checkpointing": "offload"})],
 )  # fmt: skip
 def test_levers_move_memory_the_right_way(cheaper: dict, dearer: dict) -> None:
     low = predict_peak_gib(LLAMA3_8B, replace(QLORA, **cheaper))["total"]
     high = predict_peak_gib(LLAMA3_8B, replace(QLORA, **dearer))["total"]
     assert low < high
+
+
+def test_the_streamed_head_counts_where_it_is_resident() -> None:
+    """Off the peak with recompute (the head's copy is gone before the layers' backward); on it
+    without recompute (the peak is at the loss); nothing to move when the head is tied."""
+    head_gib = 2.0 * LLAMA3_8B.vocab_size * LLAMA3_8B.hidden_size / GIB
+    for mode, saved in (("full", head_gib), ("offload", head_gib), ("none", 0.0)):
+        base = replace(QLORA, checkpointing=mode)
+        with_head = predict_peak_gib(LLAMA3_8B, base)["total"]
+        without = predict_peak_gib(LLAMA3_8B, replace(base, head_on_cpu=True))["total"]
+        assert with_head - without == pytest.approx(saved)
+    tied = replace(LLAMA3_8B, tie_embeddings=True)
+    assert predict_peak_gib(tied, replace(QLORA, head_on_cpu=True)) == predict_peak_gib(tied, QLORA)
 
 
 def test_prior_reproduces_the_h100_anchors() -> None:
