@@ -49,6 +49,7 @@ LORA_KERNELS = ("peft", "fused")
 DEQUANT_KERNELS = ("bnb", "triton")
 FROZEN_DTYPES = ("fp32", "bf16")
 RESIDUAL_DTYPES = ("auto", "fp32")
+PROJECTION_DTYPES = ("auto", "fp32")
 PACKING_STRATEGIES = ("bfd", "wrapped")
 DEVICES = ("auto", "cpu", "cuda")
 FAULTS = ("none", "oom", "nan")
@@ -203,6 +204,9 @@ class TrainConfig:
     # auto: the embeddings' dtype (frozen_dtype) | fp32: the plain stack's fp32 residual stream
     # under bf16 weights (harness/residual.py)
     residual_dtype: str = "auto"
+    # auto: the compute dtype | fp32 (with residual_dtype=fp32): q, k, v, gate and up return their
+    # base output plus LoRA branch in fp32, as the plain stack's peft modules do (residual.py)
+    projection_dtype: str = "auto"
     embeddings_on_cpu: bool = False  # frozen input embedding table in host memory (CUDA)
     head_on_cpu: bool = False  # frozen LM head in pinned host memory, copied in per forward (CUDA)
     expandable_segments: bool = False  # PyTorch allocator: expandable segments (CUDA)
@@ -244,6 +248,11 @@ class TrainConfig:
                               "(the fused op saves the recipe in place of the output)")  # fmt: skip
         _one_of("train.frozen_dtype", self.frozen_dtype, FROZEN_DTYPES)
         _one_of("train.residual_dtype", self.residual_dtype, RESIDUAL_DTYPES)
+        _one_of("train.projection_dtype", self.projection_dtype, PROJECTION_DTYPES)
+        if self.projection_dtype == "fp32" and self.residual_dtype != "fp32":
+            raise ConfigError(
+                "train.projection_dtype", "fp32", "needs train.residual_dtype=fp32 (fp32 stream)"
+            )
         _one_of("train.device", self.device, DEVICES)
         _one_of("train.inject_fault", self.inject_fault, FAULTS)
         if self.timing_warmup_steps < 0:

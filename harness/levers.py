@@ -7,6 +7,7 @@ a sweep's pool never carries the previous trial's choice.
     train.dequant_kernel=triton   the fused op's 4-bit dequantization in one Triton kernel
     train.frozen_dtype=bf16       undo peft's fp32 upcast of embeddings, norms and head
     train.residual_dtype=fp32     with it, keep the fp32 residual stream (harness/residual.py)
+    train.projection_dtype=fp32   and q, k, v, gate, up return base + branch in fp32 (residual.py)
     train.checkpointing=selective recompute train.checkpoint_fraction of the decoder layers
     train.checkpointing=offload   the same (default: every layer), their inputs in host memory
     train.slim_activations=true   layers not recomputed keep norm/SwiGLU inputs only (slim.py)
@@ -67,7 +68,8 @@ def apply(model, tcfg: TrainConfig, *, compute_dtype: torch.dtype) -> dict:
     wide = tcfg.residual_dtype == "fp32" and tcfg.frozen_dtype != "fp32"
     # before _slim: slim's norm hooks must come after the residual's own
     fused = tcfg.lora_kernel == "fused"
-    applied.update(residual.apply(model, wide, compute_dtype, fused=fused))
+    proj = wide and tcfg.projection_dtype == "fp32"
+    applied.update(residual.apply(model, wide, compute_dtype, fused=fused, projections=proj))
     applied["slim_layers"] = _slim(model, tcfg.slim_activations, tcfg.kernels)
     applied["embeddings_on_cpu"] = offload.embeddings_on_cpu(model, tcfg.embeddings_on_cpu)
     applied["head_on_cpu"] = offload.head_on_cpu(model, tcfg.head_on_cpu)

@@ -115,6 +115,7 @@ def setting_from_config(cfg: dict[str, Any], *, chunked_loss: bool = False) -> S
         upcast_frozen=q.get("type", base.quant) in ("nf4", "fp4")
         and t.get("frozen_dtype", "fp32") == "fp32",
         residual_fp32=t.get("residual_dtype", "auto") == "fp32",
+        projections_fp32=t.get("projection_dtype", "auto") == "fp32",
         lora_kernel=t.get("lora_kernel", base.lora_kernel),
         checkpoint_fraction=_fraction(t.get("checkpoint_fraction", base.checkpoint_fraction)),
         slim_activations=bool(t.get("slim_activations", base.slim_activations)),

@@ -111,6 +111,7 @@ class Setting:
     kernels: str = "none"  # none | liger
     upcast_frozen: bool = False  # prepare_model_for_kbit_training: non-4-bit params to fp32
     residual_fp32: bool = False  # train.residual_dtype=fp32: fp32 stream, bf16 norm outputs
+    projections_fp32: bool = False  # train.projection_dtype=fp32: q, k, v, gate, up in fp32
     lora_kernel: str = "peft"  # peft | fused: one op per adapted Linear, input saved once, no mask
     checkpoint_fraction: float | None = None  # selective (null: 0.5) / offload (null: 1.0)
     slim_activations: bool = False  # kept layers keep norm/SwiGLU inputs, not outputs
@@ -198,6 +199,8 @@ def activation_bytes(shape: Shape, s: Setting) -> float:
     res = 4.0 if upcast or (s.residual_fp32 and not s.full_finetune) else 2.0
     norm_out = 4.0 if upcast else 2.0
     attn, mlp = (res + norm_out) * h + 2.0 * (3 * h + 3 * kv), (res + norm_out) * h + 2.0 * 4 * i
+    if s.projections_fp32 and not upcast and not s.full_finetune:  # q, k, v, gate, up twice as wide
+        attn, mlp = attn + 2.0 * (h + 2 * kv), mlp + 2.0 * 2 * i
     if not s.full_finetune and s.lora_kernel == "fused":
         # one op per adapted Linear saves its input once (shared with the base matmul and the other
         # projections reading it); the dropout mask is regenerated, never stored. Only fp32 norm

@@ -19,8 +19,11 @@ What this lever does, and why each step is the plain stack's arithmetic:
   modules get their input widened to fp32, exactly the plain stack's call.
 q, k, v, gate and up return the compute dtype; in the plain stack they are fp32 (bitsandbytes'
 rounded output plus the branch in fp32) until RoPE, attention or SwiGLU reads them. There a branch
-under half a bf16 step added to the already rounded base is lost: the likely rest of the gap (not
-measured; BENCHMARKS.md says why the one attempt at it did not test it). The rotary
+under half a bf16 step added to the already rounded base is lost: the likely rest of the gap.
+train.projection_dtype=fp32 (`projections`) returns them as the plain stack does: the fused op
+(OUT_DTYPE) adds the branch to the rounded base in fp32 and returns that; peft's modules get their
+input widened (bitsandbytes then returns fp32). Liger's RoPE and SwiGLU read fp32 inputs and
+attention casts under autocast, as in the plain stack. The rotary
 cos/sin follow the stream's dtype (fp32, as in the plain stack, where autocast casts the rotated
 q and k at attention); without autocast (CPU trials) they take the compute dtype, since a bf16 v
 beside fp32-rotated q and k is refused by attention.
@@ -30,7 +33,8 @@ import functools
 
 import torch
 
-OUT_DTYPE = "_harness_out_dtype"  # on an MLP's down_proj: the dtype its fused op returns
+OUT_DTYPE = "_harness_out_dtype"  # on down_proj (and the projections): what its fused op returns
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")  # fp32 inputs in plain
 _HOOK = "_harness_residual_hook"
 
 
@@ -66,14 +70,14 @@ def _widen_input(module, args):
     return (args[0].float(), *args[1:])
 
 
-def apply(model, on: bool, compute_dtype: torch.dtype, *, fused: bool) -> dict:
+def apply(model, on: bool, compute_dtype: torch.dtype, *, fused: bool, projections=False) -> dict:
     """Set (on) or undo the fp32 residual stream on a peft model. Call before slim's norm hooks are
     registered: a slim layer must remember the narrowed norm output, the one the projections read.
     `fused`: the adapted Linears run the fused op, which reads OUT_DTYPE (no input widening).
-    Returns what was changed."""
+    `projections` (with `on`): q, k, v, gate and up return fp32 as well. Returns what changed."""
     emb = model.get_input_embeddings()
     _remove(emb)
-    norms = downs = 0
+    norms = downs = projs = 0
     for module in model.modules():
         if type(module).__name__.endswith("RotaryEmbedding"):
             _remove(module)
@@ -84,15 +88,20 @@ def apply(model, on: bool, compute_dtype: torch.dtype, *, fused: bool) -> dict:
             if on:
                 _hook(module, _narrow_norm)
                 norms += 1
-        down = getattr(module, "down_proj", None)
-        if down is not None and hasattr(module, "gate_proj") and hasattr(down, "lora_A"):
-            _remove(down)
-            vars(down).pop(OUT_DTYPE, None)
-            if on:
-                setattr(down, OUT_DTYPE, torch.float32)
+        for name, child in module.named_children():
+            if not hasattr(child, "lora_A") or name not in ("down_proj", *PROJECTIONS):
+                continue
+            if name == "down_proj" and not hasattr(module, "gate_proj"):
+                continue
+            _remove(child)
+            vars(child).pop(OUT_DTYPE, None)
+            if on and (name == "down_proj" or projections):
+                setattr(child, OUT_DTYPE, torch.float32)
                 if not fused:
-                    _hook(down, _widen_input, pre=True)
-                downs += 1
+                    _hook(child, _widen_input, pre=True)
+                downs, projs = downs + (name == "down_proj"), projs + (name != "down_proj")
     if on:
         _hook(emb, _widen_output)
-    return {"residual_fp32_norms": norms, "residual_fp32_down_proj": downs}
+    return {
+        "residual_fp32_norms": norms, "residual_fp32_down_proj": downs, "fp32_projections": projs,
+    }  # fmt: skip

@@ -39,16 +39,17 @@ def _logits(model, ids):
         return model(input_ids=ids).logits.float()
 
 
-def _update(model, ids, std: float = 2e-5) -> torch.Tensor:
-    """What an adapter update far under bf16's resolution, on down_proj alone (every other lora_B
-    zero), changes in the residual stream after the first decoder layer."""
+def _update(model, ids, std: float = 2e-5, on=("down_proj",)) -> torch.Tensor:
+    """What an adapter update far under bf16's resolution, on down_proj alone (or the projections
+    `on` names; every other lora_B zero), changes in the residual stream after the first decoder
+    layer."""
     out = []
     for scale in (0.0, 1.0):
         torch.manual_seed(1)
         with torch.no_grad():
             for name, param in model.named_parameters():
                 if "lora_B" in name:
-                    param.normal_(0, std).mul_(scale if "down_proj" in name else 0.0)
+                    param.normal_(0, std).mul_(scale if any(m in name for m in on) else 0.0)
             with _autocast(model):
                 hidden = model(input_ids=ids, output_hidden_states=True).hidden_states[1]
         out.append(hidden.float())
@@ -71,6 +72,27 @@ def test_fp32_residual_keeps_the_small_update_the_bf16_stream_rounds_away(device
     torch.testing.assert_close(wide, plain, rtol=0.02, atol=1e-7)  # fp32 stream: plain's
 
 
+@pytest.mark.parametrize("device,levers_on", SETUPS)
+def test_fp32_projections_keep_the_small_update_bf16_projections_round_away(device, levers_on):
+    """train.projection_dtype=fp32: q, k, v, gate and up add their branch to the rounded base in
+    fp32, as peft does on the plain stack's fp32 norm outputs; the fp32 stream alone loses it."""
+    model = tiny_4bit(device=device)
+    ids = torch.randint(0, 1000, (2, 16), device=device)
+    plain = _update(model, ids, on=residual.PROJECTIONS)
+    _apply(model, frozen_dtype="bf16", residual_dtype="fp32", **levers_on)
+    stream_only = _update(model, ids, on=residual.PROJECTIONS)
+    applied = _apply(model, frozen_dtype="bf16", residual_dtype="fp32", projection_dtype="fp32",
+                     **levers_on)  # fmt: skip
+    assert applied["fp32_projections"] == 2 * 5 and applied["residual_fp32_down_proj"] == 2
+    wide = _update(model, ids, on=residual.PROJECTIONS)
+    assert plain.abs().max() > 0
+    assert (stream_only - plain).norm() > 0.5 * plain.norm()
+    torch.testing.assert_close(wide, plain, rtol=0.05, atol=1e-7)
+    _apply(model, frozen_dtype="bf16", residual_dtype="fp32", **levers_on)  # undone
+    assert not any(hasattr(getattr(model.base_model.model.model.layers[0].self_attn, n),
+                           residual.OUT_DTYPE) for n in ("q_proj", "k_proj", "v_proj"))  # fmt: skip
+
+
 def test_fp32_residual_runs_the_stream_in_fp32_and_stores_weights_in_bf16():
     model = tiny_4bit()
     seen = []
@@ -87,8 +109,9 @@ def test_fp32_residual_runs_the_stream_in_fp32_and_stores_weights_in_bf16():
     assert all(p.dtype == torch.bfloat16 for p in frozen if p.__class__.__name__ != "Params4bit")
 
 
+@pytest.mark.parametrize("projections", ["auto", "fp32"])
 @pytest.mark.parametrize("device,levers_on", SETUPS)
-def test_fp32_residual_matches_the_plain_stack_loss_and_gradients(device, levers_on):
+def test_fp32_residual_matches_the_plain_stack_loss_and_gradients(device, levers_on, projections):
     model = tiny_4bit(device=device)
     ids = torch.randint(0, 1000, (2, 16), device=device)
 
@@ -97,7 +120,8 @@ def test_fp32_residual_matches_the_plain_stack_loss_and_gradients(device, levers
             return loss_and_grads(model, ids)
 
     loss_ref, grads_ref = step()  # plain: peft, fp32 upcast
-    _apply(model, frozen_dtype="bf16", residual_dtype="fp32", **levers_on)
+    _apply(model, frozen_dtype="bf16", residual_dtype="fp32", projection_dtype=projections,
+           **levers_on)  # fmt: skip
     loss, grads = step()
     torch.testing.assert_close(loss, loss_ref, rtol=2e-3, atol=2e-3)
     for name, grad in grads_ref.items():  # q/k/v/gate/up round once more: bf16-level agreement
@@ -124,6 +148,10 @@ def test_fp32_residual_is_undone_on_the_same_instance():
 def test_residual_dtype_is_validated_before_loading():
     with pytest.raises(ConfigError, match="train.residual_dtype.*bf32"):
         TrainConfig(residual_dtype="bf32")
+    with pytest.raises(ConfigError, match="train.projection_dtype.*fp32.*residual_dtype=fp32"):
+        TrainConfig(projection_dtype="fp32")
+    with pytest.raises(ConfigError, match="train.projection_dtype.*fp16"):
+        TrainConfig(residual_dtype="fp32", projection_dtype="fp16")
 
 
 def test_a_trial_trains_with_the_fp32_residual_and_records_it(tmp_path):
