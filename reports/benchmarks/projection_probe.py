@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from conftest import tiny_4bit  # noqa: E402
 from test_residual import _apply, _update  # noqa: E402
 
