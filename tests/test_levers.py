@@ -2,6 +2,8 @@
 ones (Liger's Triton kernels, activation offloading) skip here with the reason. Their speed and
 memory are measured by the benchmark sweep (sweeps/speed.yaml), never asserted here."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from conftest import (
@@ -148,12 +150,19 @@ def test_levers_are_rejected_before_loading_where_they_cannot_run():
         TrainConfig(lora_kernel="triton")
 
 
-@pytest.mark.parametrize("engine", ["plain", "fast", "lean", "max"])
+@pytest.mark.parametrize("engine", ["plain", "fast", "lean", "max", "exact"])
 def test_engine_presets_compose_to_valid_trial_configs(engine):
     cfg = to_trial_config(compose_cfg([f"engine={engine}"]))
     plain = TrainConfig()
     assert (cfg.train.kernels == "liger") == (engine != "plain")
     assert cfg.train.lr == plain.lr and cfg.lora.dropout == 0.05  # math settings untouched
+
+
+def test_exact_preset_is_the_fast_one_with_plain_precision():
+    exact = to_trial_config(compose_cfg(["engine=exact"])).train
+    fast = to_trial_config(compose_cfg(["engine=fast"])).train
+    wide = {"residual_dtype": "fp32", "projection_dtype": "fp32"}
+    assert exact == replace(fast, **wide) and fast.residual_dtype == "auto"
 
 
 def test_fused_and_selective_trial_has_the_plain_loss_curve(tmp_path):

@@ -72,10 +72,14 @@ def test_fp32_residual_keeps_the_small_update_the_bf16_stream_rounds_away(device
     torch.testing.assert_close(wide, plain, rtol=0.02, atol=1e-7)  # fp32 stream: plain's
 
 
-@pytest.mark.parametrize("device,levers_on", SETUPS)
+@pytest.mark.parametrize("device,levers_on", SETUPS[:2])
 def test_fp32_projections_keep_the_small_update_bf16_projections_round_away(device, levers_on):
     """train.projection_dtype=fp32: q, k, v, gate and up add their branch to the rounded base in
-    fp32, as peft does on the plain stack's fp32 norm outputs; the fp32 stream alone loses it."""
+    fp32, as peft does on the plain stack's fp32 norm outputs; the fp32 stream alone loses it.
+    CPU only: on CUDA with Liger's kernels this per-element check cannot tell the two apart (the
+    update's error against plain's is 1.3-1.6x its norm with and without the lever:
+    reports/benchmarks/results/h200_v11/projection_probe.json); there the evidence is the loss
+    curve of a real run (BENCHMARKS.md, ninth round) and the loss/gradient test below."""
     model = tiny_4bit(device=device)
     ids = torch.randint(0, 1000, (2, 16), device=device)
     plain = _update(model, ids, on=residual.PROJECTIONS)
