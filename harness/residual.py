@@ -7,7 +7,9 @@ With bf16 weights (frozen_dtype=bf16) they run in bf16, and the loss of steps 3-
 0.23 on llama3-8b. This lever keeps the one fp32 tensor that accumulates across layers, the
 residual stream, where a fresh adapter's small updates would round away. Measured (H200,
 BENCHMARKS.md, sixth round): it closes a third of that gap (0.23 -> 0.17) for 6% of the fast
-preset's speed and +2.5 GiB, so the stream is not the main cause; no preset turns it on.
+preset's speed and +2.5 GiB, so the stream is not the main cause. With train.projection_dtype=fp32
+as well (below) the loss curve is plain's within plain's own noise (ninth round: 0.0012 / 0.0033
+mean / max over 50 steps) at 1.53x plain's speed and 1.26x its memory: engine=exact.
 
 What this lever does, and why each step is the plain stack's arithmetic:
 - the input embedding's output is widened to fp32: the same values as peft's fp32 table gives;
@@ -19,7 +21,7 @@ What this lever does, and why each step is the plain stack's arithmetic:
   modules get their input widened to fp32, exactly the plain stack's call.
 q, k, v, gate and up return the compute dtype; in the plain stack they are fp32 (bitsandbytes'
 rounded output plus the branch in fp32) until RoPE, attention or SwiGLU reads them. There a branch
-under half a bf16 step added to the already rounded base is lost: the likely rest of the gap.
+under half a bf16 step added to the already rounded base is lost: the rest of the gap (measured).
 train.projection_dtype=fp32 (`projections`) returns them as the plain stack does: the fused op
 (OUT_DTYPE) adds the branch to the rounded base in fp32 and returns that; peft's modules get their
 input widened (bitsandbytes then returns fp32). Liger's RoPE and SwiGLU read fp32 inputs and
