@@ -159,14 +159,16 @@ def test_residual_dtype_is_validated_before_loading():
 
 
 def test_a_trial_trains_with_the_fp32_residual_and_records_it(tmp_path):
-    """The real entry point on the CPU (no autocast there: the rotary tables take bf16), selective
-    recompute and slim kept layers on top."""
+    """The real entry point on the CPU (no autocast there: the rotary tables take bf16), with the
+    fp32 projections, selective recompute and slim kept layers on top."""
     out = tmp_path / "trial"
     proc = run_harness([*TINY, "train.frozen_dtype=bf16", "train.residual_dtype=fp32",
-                        "train.lora_kernel=fused", "train.checkpointing=selective",
-                        "train.slim_activations=true", f"out_dir={out}"])  # fmt: skip
+                        "train.projection_dtype=fp32", "train.lora_kernel=fused",
+                        "train.checkpointing=selective", "train.slim_activations=true",
+                        f"out_dir={out}"])  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     rec = load_json(out / "record.json")
     assert rec["status"] == "success", rec["error"]
     assert rec["config"]["train"]["residual_dtype"] == "fp32"
     assert rec["levers"]["residual_fp32_down_proj"] == 2 and rec["levers"]["slim_layers"] == 1
+    assert rec["levers"]["fp32_projections"] == 2 * 5
