@@ -145,12 +145,13 @@ def static_bytes(shape: Shape, s: Setting) -> dict[str, float]:
     embed = 2.0 * shape.embedding_params
     if s.upcast_frozen:  # fp32 embeddings/head + the bf16 head copy autocast keeps for backward
         embed = 4.0 * shape.embedding_params + 2.0 * shape.vocab_size * shape.hidden_size
+    table = (4.0 if s.upcast_frozen else 2.0) * shape.vocab_size * shape.hidden_size  # one of two
     if s.embeddings_on_cpu and not shape.tie_embeddings:
-        embed -= (4.0 if s.upcast_frozen else 2.0) * shape.vocab_size * shape.hidden_size
+        embed -= table
     # the streamed head is on the GPU from the forward's start to the head's backward: off the
     # peak where that sits in the decoder layers' backward (any recompute), on it without one
     if s.head_on_cpu and not shape.tie_embeddings and s.checkpointing != "none":
-        embed -= (4.0 if s.upcast_frozen else 2.0) * shape.vocab_size * shape.hidden_size
+        embed -= table
     return {
         "weights": linear_bytes + embed,
         "quant_constants": consts,

@@ -110,15 +110,21 @@ def embeddings_on_cpu(model, on: bool) -> int:
         return 0
     if home is not None:
         return emb.weight.numel()
-    out = model.get_output_embeddings()
-    tied = out is not None and out.weight.data_ptr() == emb.weight.data_ptr()
-    if not on or tied or emb.weight.requires_grad:
+    if not on or _tied(model) or emb.weight.requires_grad:
         return 0
     emb._harness_embed_device = emb.weight.device
     emb.weight.data = emb.weight.data.to("cpu")
     emb.forward = _cpu_embedding_forward.__get__(emb)
     emb._apply = _keep_in_host_memory.__get__(emb)
     return emb.weight.numel()
+
+
+def _tied(model) -> bool:
+    """Whether the LM head and the input embedding share one matrix (neither can move alone)."""
+    out = model.get_output_embeddings()
+    if out is None or _HEAD in vars(out):  # a streamed head is an untied one (no copy to compare)
+        return False
+    return out.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
 
 
 def expandable_segments(on: bool) -> bool:
@@ -196,15 +202,13 @@ def head_on_cpu(model, on: bool) -> int:
         del vars(head)[_HEAD]
         head.weight = torch.nn.Parameter(state["host"].to(state["device"]), requires_grad=False)
         return 0
-    if not on or not isinstance(head, torch.nn.Linear) or head.weight.requires_grad:
-        return 0
-    if head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr():
+    if not on or not isinstance(head, torch.nn.Linear) or head.weight.requires_grad or _tied(model):
         return 0
     weight = head.weight.data
     if not weight.is_cuda:
         raise RuntimeError("train.head_on_cpu needs the LM head on a CUDA device")
-    state = {"device": weight.device, "host": weight.to("cpu").pin_memory(), "live": None}
-    state["cls"] = type(head)
+    state = {"device": weight.device, "host": weight.to("cpu").pin_memory(), "live": None,
+             "cls": type(head)}  # fmt: skip
     del head._parameters["weight"]
     head.__class__ = _host_head_class(state["cls"])
     decoder = _decoder(model)
