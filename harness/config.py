@@ -210,6 +210,9 @@ class TrainConfig:
     embeddings_on_cpu: bool = False  # frozen input embedding table in host memory (CUDA)
     head_on_cpu: bool = False  # frozen LM head in pinned host memory, copied in per forward (CUDA)
     expandable_segments: bool = False  # PyTorch allocator: expandable segments (CUDA)
+    # PyTorch allocator: reserve at most this much; past it, it frees its cached blocks and retries
+    # before it raises OOM (CUDA; null: no cap)
+    memory_cap_gib: float | None = None
     flat_optimizer: bool = False  # one optimizer update over all adapter tensors (same math)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -253,6 +256,8 @@ class TrainConfig:
             raise ConfigError(
                 "train.projection_dtype", "fp32", "needs train.residual_dtype=fp32 (fp32 stream)"
             )
+        if self.memory_cap_gib is not None:
+            _positive("train.memory_cap_gib", self.memory_cap_gib)
         _one_of("train.device", self.device, DEVICES)
         _one_of("train.inject_fault", self.inject_fault, FAULTS)
         if self.timing_warmup_steps < 0:

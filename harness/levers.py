@@ -50,6 +50,7 @@ def check(tcfg: TrainConfig, device: str) -> None:
         "train.embeddings_on_cpu": tcfg.embeddings_on_cpu,
         "train.head_on_cpu": tcfg.head_on_cpu,
         "train.expandable_segments": tcfg.expandable_segments,
+        "train.memory_cap_gib": tcfg.memory_cap_gib,
     }
     for key, value in cuda_only.items():
         if value and not device.startswith("cuda"):
@@ -58,6 +59,7 @@ def check(tcfg: TrainConfig, device: str) -> None:
 
 def apply(model, tcfg: TrainConfig, *, compute_dtype: torch.dtype) -> dict:
     """Set every lever on `model` (a peft model) as `tcfg` says. Returns what was applied."""
+    offload.reset()  # parked inputs of an aborted pass (an OOM trial) go
     offload.head_on_cpu(model, False)  # a pooled base's head back in place before any cast
     applied = {"frozen_cast": _frozen_dtype(model, tcfg.frozen_dtype, compute_dtype)}
     applied.update(_kernels(model, tcfg.kernels))
@@ -74,6 +76,7 @@ def apply(model, tcfg: TrainConfig, *, compute_dtype: torch.dtype) -> dict:
     applied["embeddings_on_cpu"] = offload.embeddings_on_cpu(model, tcfg.embeddings_on_cpu)
     applied["head_on_cpu"] = offload.head_on_cpu(model, tcfg.head_on_cpu)
     applied["expandable_segments"] = offload.expandable_segments(tcfg.expandable_segments)
+    applied["memory_cap_gib"] = offload.memory_cap(tcfg.memory_cap_gib)
     return applied
 
 

@@ -41,10 +41,30 @@ def _pinned(shape, dtype) -> torch.Tensor:
     return free.pop() if free else torch.empty(shape, dtype=dtype, pin_memory=True)
 
 
+_OFFLOADED: list = []  # contexts whose backward has not run yet, in forward order (a stack)
+
+
+def _fetch(ctx) -> None:
+    """Start the copy of a layer's parked input back to the GPU on the side stream (once). Its
+    buffer comes from the main stream's pool: the side stream first waits for the work queued on
+    main so far, which may still read a block the allocator hands out again."""
+    if ctx.fetched is not None:
+        return
+    main, side = torch.cuda.current_stream(ctx.device), _side_stream(ctx.device)
+    gpu = torch.empty(ctx.host.shape, dtype=ctx.host.dtype, device=ctx.device)
+    side.wait_stream(main)
+    with torch.cuda.stream(side):
+        gpu.copy_(ctx.host, non_blocking=True)  # after the parking copy: same stream, in order
+    gpu.record_stream(side)  # freed unread (a backward that never ran): reused after the copy
+    ctx.fetched = (gpu, side.record_event())
+
+
 class _OffloadedCheckpoint(torch.autograd.Function):
     """Run `run(hidden, *rest)` without keeping activations; keep `hidden` in host memory and
     recompute in backward (the reentrant scheme: backward runs the layer again under grad and
-    backpropagates through it, accumulating the adapter's gradients)."""
+    backpropagates through it, accumulating the adapter's gradients). Each layer's backward first
+    starts the copy back of the layer below's input, so that copy overlaps this layer's recompute
+    and backward instead of stalling the main stream (fetch-ahead)."""
 
     @staticmethod
     def forward(ctx, run, hidden, *rest):
@@ -59,14 +79,20 @@ class _OffloadedCheckpoint(torch.autograd.Function):
             host = _pinned(hidden.shape, hidden.dtype)
             host.copy_(hidden, non_blocking=True)
         hidden.record_stream(stream)  # the allocator keeps it until the copy is done
-        ctx.host, ctx.copied = host, stream.record_event()
+        ctx.host, ctx.fetched = host, None
+        _OFFLOADED.append(ctx)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        torch.cuda.current_stream(ctx.device).wait_event(ctx.copied)
-        hidden = ctx.host.to(ctx.device, non_blocking=True).requires_grad_(True)
-        done = torch.cuda.current_stream(ctx.device).record_event()
+        _fetch(ctx)  # the top layer's input: nothing above fetched it ahead
+        below = _pop(ctx)
+        if below is not None:
+            _fetch(below)
+        gpu, ready = ctx.fetched
+        torch.cuda.current_stream(ctx.device).wait_event(ready)
+        hidden = gpu.detach().requires_grad_(True)
+        ctx.fetched = None
         cpu_now, cuda_now = torch.get_rng_state(), torch.cuda.get_rng_state(ctx.device)
         torch.set_rng_state(ctx.cpu_rng)
         torch.cuda.set_rng_state(ctx.cuda_rng, ctx.device)
@@ -77,8 +103,23 @@ class _OffloadedCheckpoint(torch.autograd.Function):
         finally:
             torch.set_rng_state(cpu_now)
             torch.cuda.set_rng_state(cuda_now, ctx.device)
-        _IN_FLIGHT.append((done, ctx.host))  # reusable once that copy has run
+        _IN_FLIGHT.append((ready, ctx.host))  # reusable once that copy has run
         return None, hidden.grad, *([None] * len(ctx.rest))
+
+
+def _pop(ctx):
+    """Take `ctx` off the stack; return the context parked just before it in the same pass (the
+    next backward's), if any. Entries above it (a pass whose backward never ran) are dropped."""
+    for i in range(len(_OFFLOADED) - 1, -1, -1):
+        if _OFFLOADED[i] is ctx:
+            del _OFFLOADED[i:]
+            return _OFFLOADED[-1] if _OFFLOADED else None
+    return None
+
+
+def reset() -> None:
+    """Forget parked inputs of passes whose backward never ran (an aborted step or trial)."""
+    _OFFLOADED.clear()
 
 
 def offloaded_checkpoint(run, hidden, *rest, **kwargs):
@@ -87,6 +128,8 @@ def offloaded_checkpoint(run, hidden, *rest, **kwargs):
         raise TypeError(f"offloaded_checkpoint takes no keyword arguments, got {sorted(kwargs)}")
     if not hidden.is_cuda:
         raise RuntimeError("train.checkpointing=offload needs CUDA tensors")
+    if not torch.is_grad_enabled():  # no backward will come: nothing to park
+        return run(hidden, *rest)
     return _OffloadedCheckpoint.apply(run, hidden, *rest)
 
 
@@ -135,6 +178,19 @@ def expandable_segments(on: bool) -> bool:
     setting = getattr(torch._C, "_accelerator_setAllocatorSettings", None)  # torch >= 2.9
     (setting or torch.cuda.memory._set_allocator_settings)(f"expandable_segments:{on}")
     return on
+
+
+def memory_cap(gib: float | None) -> float | None:
+    """Cap the caching allocator's reserved memory on the current device (None: lift the cap).
+    An allocation that would pass it first makes the allocator free its cached, unused blocks
+    (with expandable segments: unmap their pages) and retry; only then is it an OOM. Process-wide;
+    set per trial. Returns the cap."""
+    if not torch.cuda.is_available():
+        return None
+    total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    fraction = 1.0 if gib is None else min(1.0, gib * 2**30 / total)
+    torch.cuda.set_per_process_memory_fraction(fraction)
+    return gib
 
 
 # train.head_on_cpu: the frozen LM head's weight in pinned host memory. Its module's class is

@@ -16,7 +16,7 @@ from conftest import (
     run_harness,
 )
 
-from harness import levers, lora_op
+from harness import levers, lora_op, offload
 from harness.config import TrainConfig, to_trial_config
 from harness.errors import ConfigError
 
@@ -240,7 +240,17 @@ def test_offloaded_checkpoint_and_cpu_embeddings_keep_loss_and_gradients_on_cuda
     torch.testing.assert_close(loss, loss_ref)
     for name, grad in grads_ref.items():
         torch.testing.assert_close(grads[name], grad)
+    # each backward fetched the layer below's input ahead and took itself off the stack
+    assert offload._OFFLOADED == []
+    with torch.no_grad():  # a forward without backward (train mode) parks nothing
+        model(input_ids=ids)
+    assert offload._OFFLOADED == []
+    model(input_ids=ids)  # an aborted step: its parked inputs wait on the stack ...
+    assert len(offload._OFFLOADED) == 2
+    torch.manual_seed(3)
+    torch.testing.assert_close(_loss_and_grads(model, ids)[0], loss_ref)  # ... and do not matter
     _apply(model, lora_kernel="fused", checkpointing="full")  # undone on the same instance
+    assert offload._OFFLOADED == []  # ... until the next trial's levers drop them
     assert model.get_input_embeddings().weight.device.type == "cuda"
     torch.manual_seed(3)
     torch.testing.assert_close(_loss_and_grads(model, ids)[0], loss_ref)
@@ -303,3 +313,29 @@ def test_host_memory_levers_are_refused_on_the_cpu():
             levers.check(TrainConfig(**{key: True}), "cpu")
     with pytest.raises(ConfigError, match="train.checkpointing"):
         levers.check(TrainConfig(checkpointing="offload"), "cpu")
+    with pytest.raises(ConfigError, match="train.memory_cap_gib"):
+        levers.check(TrainConfig(memory_cap_gib=8.0), "cpu")
+    with pytest.raises(ConfigError, match="train.memory_cap_gib.*-1"):
+        TrainConfig(memory_cap_gib=-1)
+
+
+@requires_cuda
+def test_memory_cap_bounds_reserved_memory_and_lifts_on_cuda():
+    """Past the cap, the allocator first hands back its cached blocks and retries; an allocation
+    that still does not fit is an OOM. The next trial's lever (null) lifts the cap."""
+    offload.expandable_segments(True)
+    torch.cuda.empty_cache()
+    big = torch.empty(2**28, dtype=torch.uint8, device="cuda")  # 256 MiB, then cached
+    del big
+    cap = (torch.cuda.memory_allocated() + 2**29) / 2**30  # 512 MiB above what is in use
+    try:
+        assert offload.memory_cap(cap) == cap
+        kept = [torch.empty(2**27, dtype=torch.uint8, device="cuda") for _ in range(3)]
+        assert torch.cuda.memory_reserved() <= cap * 2**30
+        with pytest.raises(torch.OutOfMemoryError):
+            torch.empty(2**29, dtype=torch.uint8, device="cuda")
+        del kept
+    finally:
+        assert offload.memory_cap(None) is None
+        offload.expandable_segments(False)
+    torch.empty(2**29, dtype=torch.uint8, device="cuda")  # lifted
