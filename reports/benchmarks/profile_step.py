@@ -197,6 +197,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--common", default=" ".join(COMMON))
     ap.add_argument("--profile-step", type=int, default=5)
+    ap.add_argument("--profile-steps", type=int, default=2, help="steps profiled from there")
     ap.add_argument(
         "--stacks",
         action="store_const",
@@ -226,7 +227,7 @@ def main() -> None:
         overrides = args.common.split() + variant.split()
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
             cfg = to_trial_config(compose(config_name="config", overrides=overrides))
-        prof = Profile(args.profile_step, 2, args.stacks)
+        prof = Profile(args.profile_step, args.profile_steps, args.stacks)
 
         def build_with_profile(*a, **kw):
             trainer, meter = build(*a, **kw)
