@@ -214,6 +214,9 @@ class TrainConfig:
     # before it raises OOM (CUDA; null: no cap)
     memory_cap_gib: float | None = None
     flat_optimizer: bool = False  # one optimizer update over all adapter tensors (same math)
+    # right-padded batches attend under the causal mask alone (no padding mask; same math):
+    # they keep the unmasked attention kernel (harness/train.py, CountingCollator)
+    causal_padding: bool = False
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     timing_warmup_steps: int = 2  # steps excluded from throughput (allocator, autotune, caches)

@@ -14,6 +14,10 @@ a sweep's pool never carries the previous trial's choice.
     train.embeddings_on_cpu=true  the frozen input embedding table in host memory
     train.head_on_cpu=true        the frozen LM head in pinned host memory, streamed in per forward
     train.expandable_segments     PyTorch's expandable allocator segments (less fragmentation)
+    train.memory_cap_gib=G        the allocator reserves at most G GiB (frees its cache first)
+    train.causal_padding=true     batches with trailing padding only run without the padding
+                                  mask: the unmasked attention kernel (applied in the collator:
+                                  train.py)
     train.flat_optimizer          one optimizer update over all adapter tensors (flat_optim.py,
                                   applied where HF's Trainer builds the optimizer: train.py)
 

@@ -140,6 +140,7 @@ def _pipeline(cfg, plan, rec, mem, clock, out_dir, on_eval, pool) -> None:
             trainer.train()
     finally:
         rec["levers"]["flat_optimizer_tensors"] = meter.flat_optimizer_tensors
+        rec["levers"]["causal_padding_batches"] = meter.collator.unmasked_batches
         rec["throughput"] = throughput(
             meter.step_times_s, meter.loss_tokens, meter.padded_tokens, meter.samples,
             warmup=cfg.train.timing_warmup_steps, gc_pause_s=meter.gc_pause_s,
