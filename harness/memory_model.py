@@ -57,6 +57,11 @@ def predict_peak_gib(
     out["logits"] = calib.logits_factor * logits_bytes(shape, setting) / GIB
     out["overhead"] = calib.overhead_gib
     out["total"] = sum(out.values())
+    if setting.memory_cap_gib is not None and out["total"] > setting.memory_cap_gib:
+        # the allocator frees its cache rather than pass the cap (train.memory_cap_gib): the
+        # overhead (slack) shrinks; if the tensors themselves do not fit, the trial is an OOM
+        out["uncapped_total"] = out["total"]
+        out["total"] = setting.memory_cap_gib
     out["not_counted"] = off_peak_bytes(shape, setting) / GIB  # informational, not in total
     return out
 
@@ -122,16 +127,20 @@ def setting_from_config(cfg: dict[str, Any], *, chunked_loss: bool = False) -> S
         embeddings_on_cpu=bool(t.get("embeddings_on_cpu", base.embeddings_on_cpu)),
         head_on_cpu=bool(t.get("head_on_cpu", base.head_on_cpu)),
         chunked_loss=chunked_loss,
+        memory_cap_gib=_fraction(t.get("memory_cap_gib")),
     )
 
 
 def measured_points(records: list[dict[str, Any]]) -> list[Point]:
-    """(shape, setting, measured peak reserved GiB, label) of successful CUDA records."""
+    """(shape, setting, measured peak reserved GiB, label) of successful CUDA records; not those
+    run under train.memory_cap_gib, whose peak is the cap's doing, not the setting's."""
     points = []
     for rec in records:
         peak = rec.get("peak_vram_reserved_gib")
         shape = shape_from_record(rec.get("model") or {})
         if rec.get("status") != "success" or peak is None or shape is None:
+            continue
+        if ((rec.get("config") or {}).get("train") or {}).get("memory_cap_gib") is not None:
             continue
         label = rec.get("_label") or rec.get("trial_id", "?")
         points.append((shape, setting_from_record(rec), float(peak), label))

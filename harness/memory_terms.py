@@ -118,6 +118,7 @@ class Setting:
     embeddings_on_cpu: bool = False  # the (untied) input embedding table in host memory
     head_on_cpu: bool = False  # the (untied) LM head in host memory, on the GPU forward to loss
     chunked_loss: bool = False  # the loss through a chunked LM head (TRL's trainer): no logits
+    memory_cap_gib: float | None = None  # train.memory_cap_gib: reserved never passes it (or OOM)
 
     def target_modules(self) -> tuple[str, ...]:
         """Adapted module names, from a preset name or an explicit list."""

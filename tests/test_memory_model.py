@@ -184,3 +184,34 @@ def test_records_are_read_with_the_fraction_their_levers_ran() -> None:
     assert setting_from_record(new).checkpoint_fraction == 19 / 32
     low = predict_peak_gib(LLAMA3_8B, setting_from_record(old))["total"]
     assert low < predict_peak_gib(LLAMA3_8B, setting_from_record(new))["total"]
+
+
+def test_a_memory_cap_bounds_the_prediction_and_leaves_calibration() -> None:
+    """train.memory_cap_gib: the allocator frees its cache rather than reserve past the cap, so a
+    prediction above it is the cap (the uncapped figure kept); capped records do not calibrate
+    (their peak is the cap's doing)."""
+    from harness.memory_model import measured_points, setting_from_record
+
+    free = predict_peak_gib(LLAMA3_8B, QLORA)["total"]
+    capped = predict_peak_gib(LLAMA3_8B, replace(QLORA, memory_cap_gib=free - 1.0))
+    assert capped["total"] == free - 1.0 and capped["uncapped_total"] == pytest.approx(free)
+    roomy = predict_peak_gib(LLAMA3_8B, replace(QLORA, memory_cap_gib=free + 1.0))
+    assert roomy["total"] == pytest.approx(free) and "uncapped_total" not in roomy
+    model = {
+        k: getattr(LLAMA3_8B, k)
+        for k in (
+            "hidden_size",
+            "num_layers",
+            "intermediate_size",
+            "vocab_size",
+            "num_heads",
+            "num_kv_heads",
+        )
+    }
+    train = {"checkpointing": "offload", "memory_cap_gib": 6.4}
+    rec = {"status": "success", "peak_vram_reserved_gib": 6.36, "trial_id": "t", "model": model,
+           "config": {"train": train, "quant": {"type": "nf4"}}}  # fmt: skip
+    assert setting_from_record(rec).memory_cap_gib == 6.4
+    assert measured_points([rec]) == []
+    train["memory_cap_gib"] = None
+    assert len(measured_points([rec])) == 1
