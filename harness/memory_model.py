@@ -128,6 +128,7 @@ def setting_from_config(cfg: dict[str, Any], *, chunked_loss: bool = False) -> S
         head_on_cpu=bool(t.get("head_on_cpu", base.head_on_cpu)),
         chunked_loss=chunked_loss,
         memory_cap_gib=_fraction(t.get("memory_cap_gib")),
+        causal_padding=bool(t.get("causal_padding", False)),
     )
 
 

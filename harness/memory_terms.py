@@ -119,6 +119,7 @@ class Setting:
     head_on_cpu: bool = False  # the (untied) LM head in host memory, on the GPU forward to loss
     chunked_loss: bool = False  # the loss through a chunked LM head (TRL's trainer): no logits
     memory_cap_gib: float | None = None  # train.memory_cap_gib: reserved never passes it (or OOM)
+    causal_padding: bool = False  # train.causal_padding: padded batches without the padding mask
 
     def target_modules(self) -> tuple[str, ...]:
         """Adapted module names, from a preset name or an explicit list."""
@@ -235,7 +236,15 @@ def activation_bytes(shape: Shape, s: Setting) -> float:
         "selective": k * boundary + (n - k) * slim + layer,
         "offload": 2 * boundary + (n - k) * slim + layer,
     }.get(s.checkpointing, n * layer)
-    return kept * s.batch_size * s.seq_len
+    total = kept * s.batch_size * s.seq_len
+    keeps_layers = s.checkpointing == "none" or (s.checkpointing != "full" and k < n)
+    if s.causal_padding and keeps_layers:
+        # The anchors' right-padded batches ran attention with the padding mask, which held about
+        # one dense [batch, heads, seq, seq] bf16 tensor at the peak of settings that keep layers
+        # (llama3-8b b4: 1 GiB; H200, with train.causal_padding: -0.89 to -1.29 GiB reserved on
+        # three selective settings, none on full offload: BENCHMARKS.md, fourteenth round).
+        total -= 2.0 * s.batch_size * shape.num_heads * s.seq_len**2
+    return max(total, 0.0)
 
 
 def logits_bytes(shape: Shape, s: Setting) -> float:
