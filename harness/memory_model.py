@@ -57,11 +57,14 @@ def predict_peak_gib(
     out["logits"] = calib.logits_factor * logits_bytes(shape, setting) / GIB
     out["overhead"] = calib.overhead_gib
     out["total"] = sum(out.values())
-    if setting.memory_cap_gib is not None and out["total"] > setting.memory_cap_gib:
-        # the allocator frees its cache rather than pass the cap (train.memory_cap_gib): the
-        # overhead (slack) shrinks; if the tensors themselves do not fit, the trial is an OOM
+    cap = setting.memory_cap_gib
+    if cap is not None and out["total"] > cap:
+        # train.memory_cap_gib: the allocator frees its cache rather than pass the cap, so the
+        # overhead (slack) gives way; tensors do not: past the cap they are an OOM
+        tensors = out["total"] - max(out["overhead"], 0.0)
         out["uncapped_total"] = out["total"]
-        out["total"] = setting.memory_cap_gib
+        out["total"] = max(cap, tensors)
+        out["exceeds_cap"] = tensors > cap
     out["not_counted"] = off_peak_bytes(shape, setting) / GIB  # informational, not in total
     return out
 

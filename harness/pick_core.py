@@ -124,9 +124,10 @@ def pick_predicted(
             continue
         setting = setting_from_record(rec)
         for change in variants(setting):
-            peak = predict_peak_gib(shape or own, _apply(setting, change), calib)["total"]
-            if need_gib(peak, margin) > budget_gib:
-                continue
+            pred = predict_peak_gib(shape or own, _apply(setting, change), calib)
+            peak = pred["total"]
+            if need_gib(peak, margin) > budget_gib or pred.get("exceeds_cap"):
+                continue  # too big, or an OOM under the record's train.memory_cap_gib
             value = peak if objective == "memory" else _metric(rec, col)
             key = (*_desc(value, higher and objective != "memory"), *_desc(_metric(rec, tie), True),
                    len(change), peak)  # fmt: skip

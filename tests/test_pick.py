@@ -157,3 +157,36 @@ def test_pinned_experiment_composes_to_the_same_config(tmp_path: Path) -> None:
         write_experiment(experiment_yaml(rec, name="pinned", command="pick"), conf, "pinned")
         got = asdict(to_trial_config(compose("config", overrides=["experiment=pinned"])))
     assert got == want
+
+
+def test_a_prediction_that_exceeds_the_records_memory_cap_is_not_picked() -> None:
+    """Under train.memory_cap_gib, tensors past the cap are an OOM whatever the budget."""
+    from harness.memory_model import LLAMA3_8B
+    from harness.pick_core import pick_predicted
+
+    model = {
+        k: getattr(LLAMA3_8B, k)
+        for k in (
+            "hidden_size",
+            "num_layers",
+            "intermediate_size",
+            "vocab_size",
+            "num_heads",
+            "num_kv_heads",
+        )
+    }
+    train = {"checkpointing": "full", "batch_size": 1, "memory_cap_gib": None}
+    rec = {
+        "trial_id": "t",
+        "status": "success",
+        "score": 0.5,
+        "model": model,
+        "throughput": {"loss_tokens_per_s": 100.0},
+        "config": {"train": train, "quant": {"type": "nf4"}, "data": {"max_seq_len": 2048}},
+    }
+    free = pick_predicted([rec], 80.0)
+    assert free is not None and free.kind == "predicted"
+    train["memory_cap_gib"] = free.peak_gib + 5.0  # room: the same answer
+    assert pick_predicted([rec], 80.0).peak_gib == pytest.approx(free.peak_gib)
+    train["memory_cap_gib"] = 2.0  # below the 4-bit weights alone: every variant would OOM
+    assert pick_predicted([rec], 80.0) is None
