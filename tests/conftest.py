@@ -88,3 +88,12 @@ def loss_and_grads(model, ids):
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     return loss.detach(), grads
+
+
+def llama3_8b_record_model() -> dict:
+    """A record's `model` block for the llama3-8b shape (what the memory model reads)."""
+    from harness.memory_model import LLAMA3_8B
+
+    keys = ("hidden_size", "num_layers", "intermediate_size", "vocab_size", "num_heads",
+            "num_kv_heads")  # fmt: skip
+    return {k: getattr(LLAMA3_8B, k) for k in keys}

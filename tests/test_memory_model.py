@@ -190,6 +190,8 @@ def test_a_memory_cap_bounds_the_prediction_and_leaves_calibration() -> None:
     """train.memory_cap_gib: the allocator frees its cache rather than reserve past the cap, so a
     prediction above it is the cap (the uncapped figure kept); capped records do not calibrate
     (their peak is the cap's doing)."""
+    from conftest import llama3_8b_record_model
+
     from harness.memory_model import measured_points, setting_from_record
 
     free = predict_peak_gib(LLAMA3_8B, QLORA)
@@ -203,17 +205,7 @@ def test_a_memory_cap_bounds_the_prediction_and_leaves_calibration() -> None:
     # the cap takes the slack, not tensors: a cap below them predicts an OOM at the tensors' peak
     tight = predict_peak_gib(LLAMA3_8B, replace(QLORA, memory_cap_gib=free["total"] - 2.0))
     assert tight["exceeds_cap"] and tight["total"] == pytest.approx(free["total"] - slack)
-    model = {
-        k: getattr(LLAMA3_8B, k)
-        for k in (
-            "hidden_size",
-            "num_layers",
-            "intermediate_size",
-            "vocab_size",
-            "num_heads",
-            "num_kv_heads",
-        )
-    }
+    model = llama3_8b_record_model()
     train = {"checkpointing": "offload", "memory_cap_gib": 6.4}
     rec = {"status": "success", "peak_vram_reserved_gib": 6.36, "trial_id": "t", "model": model,
            "config": {"train": train, "quant": {"type": "nf4"}}}  # fmt: skip

@@ -161,20 +161,11 @@ def test_pinned_experiment_composes_to_the_same_config(tmp_path: Path) -> None:
 
 def test_a_prediction_that_exceeds_the_records_memory_cap_is_not_picked() -> None:
     """Under train.memory_cap_gib, tensors past the cap are an OOM whatever the budget."""
-    from harness.memory_model import LLAMA3_8B
+    from conftest import llama3_8b_record_model
+
     from harness.pick_core import pick_predicted
 
-    model = {
-        k: getattr(LLAMA3_8B, k)
-        for k in (
-            "hidden_size",
-            "num_layers",
-            "intermediate_size",
-            "vocab_size",
-            "num_heads",
-            "num_kv_heads",
-        )
-    }
+    model = llama3_8b_record_model()
     train = {"checkpointing": "full", "batch_size": 1, "memory_cap_gib": None}
     rec = {
         "trial_id": "t",
