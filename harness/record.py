@@ -10,7 +10,9 @@ Schema (``schema_version`` 1). Every measurement carries its unit in its name.
     started_at, finished_at   ISO-8601 UTC;  started_unix_s: the start in seconds (float)
     pool                {base_reused, data_reused}: what the sweep's pool handed this trial
     levers              what each speed/memory lever applied (harness/levers.py), e.g.
-                        checkpointed_layers / num_layers, slim_layers, lora_fused
+                        checkpointed_layers / num_layers, slim_layers, lora_fused,
+                        memory_cap_gib, causal_padding_batches (train and held-out batches
+                        that ran without their padding mask)
     config              the resolved, validated config {model, quant, lora, optim, data, train,
                         eval}
     overrides           the Hydra overrides of this job, e.g. ["lora.r=16", "quant=fp4"]
