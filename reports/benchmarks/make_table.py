@@ -167,53 +167,47 @@ def markdown(table: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+NEWEST = {  # the fourteenth round, one process per configuration, labelled on the plot
+    "h200_v14_plain": ("plain", "o"),
+    "h200_v14_fast": ("fast preset", ">"),
+    "h200_v14_fast_head_072": ("fast, host head, 9 kept", "P"),
+    "h200_v14_fast_head_075": ("fast, host head, 8 kept", "X"),
+    "h200_v14_lean_cap64": ("lean + memory_cap_gib=6.4", "<"),
+}
+
+
 def plot(table: list[dict], path: Path) -> None:
+    """The newest round labelled against its own plain reference (the issue's target lines);
+    every earlier H200 llama3-8b b4 record as a grey point."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    marks = (
-        ("h200_v5_plain", "p"),
-        ("h200_v5_hybrid", "*"),
-        ("h200_v5_lean", "<"),
-        ("h200_v5_fast", ">"),
-        ("h200_v5_a", "8"),
-        ("h200_v4_c", "h"),
-        ("h200_v4_a", "v"),
-        ("h200_v3_a", "D"),
-        ("h200_v3_b", "X"),
-        ("h200_v2", "P"),
-        ("h200_b4", "*"),
-        ("b4_presets", "o"),
-        ("b4_factorial", "s"),
-        ("b4_fraction", "^"),
-    )
-    for sweep, marker in marks:
+    older = [r for r in table if r["gpu"] == "H200" and r["shape"] == "llama3-8b"
+             and r["batch"] == 4 and r["sweep"] not in NEWEST]  # fmt: skip
+    ax.scatter([r["reserved_gib"] for r in older], [r["tokens_per_s"] for r in older], s=14,
+               c="lightgrey", label="earlier H200 rounds (v2-v13)")  # fmt: skip
+    for sweep, (label, marker) in NEWEST.items():
         pts = [r for r in table if r["sweep"] == sweep]
-        ax.scatter([r["reserved_gib"] for r in pts], [r["tokens_per_s"] for r in pts],
-                   marker=marker, label=f"{sweep} ({pts[0]['gpu'] if pts else ''})",
-                   s=120 if marker in "*PDX" else 36)  # fmt: skip
         for r in pts:
-            ax.annotate(r["setting"].split(" (")[0], (r["reserved_gib"], r["tokens_per_s"]),
-                        fontsize=6, xytext=(3, 3), textcoords="offset points")  # fmt: skip
-    base = "h200_v5_plain" if _records("h200_v5_plain") else "h200_v5_c"
-    ref = _plain(_records(base)).get(0.05)
-    if ref:  # the issue's targets against the fifth round's plain reference
+            ax.scatter(r["reserved_gib"], r["tokens_per_s"], marker=marker, s=90,
+                       label=f"{label}: {r['speed_x']:.2f}x at {r['memory_x']:.2f}x")  # fmt: skip
+    ref = _plain(_records("h200_v14_plain")).get(0.05)
+    if ref:  # the issue's targets against the same call's plain reference
         tok, gib = ref["throughput"]["padded_tokens_per_s"], ref["peak_vram_reserved_gib"]
         ax.axhline(2 * tok, ls="--", lw=0.8, c="grey")
         ax.axvline(gib, ls="--", lw=0.8, c="grey")
         ax.axvline(0.4 * gib, ls=":", lw=0.8, c="grey")
-        ax.annotate(
-            f"2x plain ({base})", (45, 2 * tok), fontsize=7, color="grey", va="bottom", ha="right"
-        )
-        for x, label in ((gib, "plain reserved"), (0.4 * gib, "0.4x")):
+        ax.axvline(0.5 * gib, ls=":", lw=0.8, c="grey")
+        ax.annotate("2x plain", (45, 2 * tok), fontsize=7, color="grey", va="bottom", ha="right")
+        for x, label in ((gib, "plain reserved"), (0.4 * gib, "0.4x"), (0.5 * gib, "0.5x")):
             ax.annotate(label, (x, 13600), fontsize=7, color="grey", rotation=90, ha="right")
     ax.set(xlabel="peak reserved VRAM, train phase (GiB)", ylabel="tokens/s (all tokens)",
-           title="llama3-8b shape, nf4, seq 2048, batch 4 (H200; v5: newest code)")  # fmt: skip
+           title="llama3-8b shape, nf4, seq 2048, batch 4, H200 (v14)")  # fmt: skip
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
 
