@@ -75,3 +75,24 @@ def test_causal_padding_keeps_loss_and_gradients_of_the_4bit_model():
     loss_left, _ = _loss_and_grads(model, left)
     wrong, _ = _loss_and_grads(model, {**left, "attention_mask": torch.ones_like(left["labels"])})
     assert not torch.allclose(wrong, loss_left, rtol=1e-5, atol=1e-6), (wrong, loss_left)
+
+
+def test_the_unmasked_batch_reaches_attention_without_a_mask(monkeypatch):
+    """Why the lever pays: HF skips an all-ones padding mask, and attention runs its causal kernel
+    (no explicit mask); the padded batch's mask would reach every attention call."""
+    seen: list[bool] = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("attn_mask") is None and bool(kwargs.get("is_causal")))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    model = tiny_4bit()
+    right = _batch("right")
+    with torch.no_grad():
+        model(**right)
+        masked, seen[:] = list(seen), []
+        model(**_collate(right)[0])
+    assert masked and not any(masked)
+    assert seen and all(seen)
