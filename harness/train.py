@@ -85,7 +85,7 @@ class CountingCollator:
     mask already keeps each real token from attending to later positions, so no real token sees
     the padding either way, and no loss or gradient reaches it: the same math. HF then skips the
     padding mask and attention runs its unmasked causal kernel (H200: a masked llama3-8b b4 step
-    took ~0.08 s longer, and the first one ~0.3 s, building the masked kernel's graph). The
+    took ~0.08 s longer, the first one ~0.3 s: BENCHMARKS.md, fourteenth round). The
     check runs on the host, on the collated batch."""
 
     def __init__(self, inner: Callable, *, causal_padding: bool = False) -> None:
