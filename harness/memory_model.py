@@ -144,10 +144,11 @@ def measured_points(records: list[dict[str, Any]]) -> list[Point]:
         shape = shape_from_record(rec.get("model") or {})
         if rec.get("status") != "success" or peak is None or shape is None:
             continue
-        if ((rec.get("config") or {}).get("train") or {}).get("memory_cap_gib") is not None:
+        setting = setting_from_record(rec)
+        if setting.memory_cap_gib is not None:
             continue
         label = rec.get("_label") or rec.get("trial_id", "?")
-        points.append((shape, setting_from_record(rec), float(peak), label))
+        points.append((shape, setting, float(peak), label))
     return points
 
 

@@ -114,10 +114,10 @@ def _trailing_padding_only(batch) -> bool:
     mask = batch.get("attention_mask")
     if mask is None or mask.dim() != 2 or bool(mask.all()) or "position_ids" in batch:
         return False
-    real = mask.bool()
+    m = mask.int()
     # trailing: once a row's mask turns 0 it stays 0 (a running minimum equal to the mask)
-    trailing = bool((real.int().cummin(dim=1).values == real.int()).all())
-    return trailing and bool((batch["labels"][~real] == -100).all())
+    trailing = bool((m.cummin(dim=1).values == m).all())
+    return trailing and bool((batch["labels"][m == 0] == -100).all())
 
 
 class MeasureCallback(TrainerCallback):

@@ -8,9 +8,8 @@ h200_v4_d, which have no plain row, ran right after h200_v3_a, h200_v4_a and h20
 device call on the same machine and take their reference from there (REFERENCE); so do h200_v5_a
 and h200_v5_b (h200_v5_c, the same call) and the fifth round's final sweeps, one process per
 configuration (h200_v5_plain), as are the sixth and seventh rounds' (h200_v6_*, h200_v7_*: each
-against its own call's plain process) and the ninth, tenth and twelfth
-(h200_v9_*, h200_v10_*, h200_v12_*, h200_v13_*,
-h200_v14_*); h200_v11's
+against its own call's plain process) and the ninth, tenth, twelfth, thirteenth and fourteenth
+(h200_v9_*, h200_v10_*, h200_v12_*, h200_v13_*, h200_v14_*); h200_v11's
 one process ran in the next call of the same session and takes h200_v10_plain's. Any other sweep
 without a plain row gets no ratio.
 "offload 19/32": 19 of the 32 layers recomputed; "slim 12": 12 slim layers (h200_v5_a/b: the
@@ -194,9 +193,9 @@ def plot(table: list[dict], path: Path) -> None:
         for r in pts:
             ax.scatter(r["reserved_gib"], r["tokens_per_s"], marker=marker, s=90,
                        label=f"{label}: {r['speed_x']:.2f}x at {r['memory_x']:.2f}x")  # fmt: skip
-    ref = _plain(_records("h200_v14_plain")).get(0.05)
+    ref = next((r for r in table if r["sweep"] == "h200_v14_plain"), None)
     if ref:  # the issue's targets against the same call's plain reference
-        tok, gib = ref["throughput"]["padded_tokens_per_s"], ref["peak_vram_reserved_gib"]
+        tok, gib = ref["tokens_per_s"], ref["reserved_gib"]
         ax.axhline(2 * tok, ls="--", lw=0.8, c="grey")
         ax.axvline(gib, ls="--", lw=0.8, c="grey")
         ax.axvline(0.4 * gib, ls=":", lw=0.8, c="grey")
