@@ -34,6 +34,7 @@ PROMPT_FORMATS = ("auto", "chat", "alpaca")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 CHECKPOINTING = ("none", "full", "selective", "offload")
 DEFAULT_FRACTION = {"selective": 0.5, "offload": 1.0}  # train.checkpoint_fraction=null
+KEPT_LAYERS = ("spread", "top")  # where the layers that are not recomputed sit
 
 
 def recompute_fraction(mode: str, fraction: float | None) -> float:
@@ -196,6 +197,9 @@ class TrainConfig:
     # share of decoder layers recomputed, for selective and offload; null = the mode's default
     # (selective 0.5, offload 1.0 = every layer); none and full ignore it
     checkpoint_fraction: float | None = None
+    # spread: the layers not recomputed evenly over the depth | top: the last ones, whose saved
+    # activations backward frees before any recompute starts (same math, a lower peak)
+    kept_layers: str = "spread"
     slim_activations: bool = False  # kept layers save norm/SwiGLU inputs only (harness/slim.py)
     kernels: str = "none"  # none | liger: Triton RMSNorm + SwiGLU (CUDA)
     lora_kernel: str = "peft"  # peft | fused: one autograd op for the LoRA branch
@@ -217,6 +221,10 @@ class TrainConfig:
     # right-padded batches attend under the causal mask alone (no padding mask; same math):
     # they keep the unmasked attention kernel (harness/train.py, CountingCollator)
     causal_padding: bool = False
+    # one full collection before training, then every live object moves to the collector's
+    # permanent generation (gc.freeze): its full passes during training scan only what training
+    # makes (harness/levers.py, frozen_heap)
+    gc_freeze: bool = False
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     timing_warmup_steps: int = 2  # steps excluded from throughput (allocator, autotune, caches)
@@ -246,6 +254,7 @@ class TrainConfig:
         _one_of("train.checkpointing", self.checkpointing, CHECKPOINTING)
         if self.checkpoint_fraction is not None and not 0 < self.checkpoint_fraction <= 1:
             raise ConfigError("train.checkpoint_fraction", self.checkpoint_fraction, "in (0, 1]")
+        _one_of("train.kept_layers", self.kept_layers, KEPT_LAYERS)
         _one_of("train.kernels", self.kernels, KERNELS)
         _one_of("train.lora_kernel", self.lora_kernel, LORA_KERNELS)
         _one_of("train.dequant_kernel", self.dequant_kernel, DEQUANT_KERNELS)

@@ -10,6 +10,7 @@ a sweep's pool never carries the previous trial's choice.
     train.projection_dtype=fp32   and q, k, v, gate, up return base + branch in fp32 (residual.py)
     train.checkpointing=selective recompute train.checkpoint_fraction of the decoder layers
     train.checkpointing=offload   the same (default: every layer), their inputs in host memory
+    train.kept_layers=top         the layers not recomputed are the last ones, not spread out
     train.slim_activations=true   layers not recomputed keep norm/SwiGLU inputs only (slim.py)
     train.embeddings_on_cpu=true  the frozen input embedding table in host memory
     train.head_on_cpu=true        the frozen LM head in pinned host memory, streamed in per forward
@@ -18,12 +19,15 @@ a sweep's pool never carries the previous trial's choice.
     train.causal_padding=true     batches with trailing padding only run without the padding
                                   mask: the unmasked attention kernel (applied in the collator:
                                   train.py)
+    train.gc_freeze=true          Python's collector skips the objects alive before training
     train.flat_optimizer          one optimizer update over all adapter tensors (flat_optim.py,
                                   applied where HF's Trainer builds the optimizer: train.py)
 
 What each costs or saves on an H100 is measured by sweeps/speed.yaml (BENCHMARKS.md).
 """
 
+import contextlib
+import gc
 import math
 import types
 
@@ -70,7 +74,9 @@ def apply(model, tcfg: TrainConfig, *, compute_dtype: torch.dtype) -> dict:
     applied["lora_fused"], applied["dequant_triton"] = _lora_kernel(
         model, tcfg.lora_kernel, tcfg.dequant_kernel
     )
-    applied.update(_checkpointing(model, tcfg.checkpointing, tcfg.checkpoint_fraction))
+    applied.update(
+        _checkpointing(model, tcfg.checkpointing, tcfg.checkpoint_fraction, tcfg.kept_layers)
+    )
     wide = tcfg.residual_dtype == "fp32" and tcfg.frozen_dtype != "fp32"
     # before _slim: slim's norm hooks must come after the residual's own
     fused = tcfg.lora_kernel == "fused"
@@ -235,18 +241,31 @@ def spread(n: int, fraction: float) -> set[int]:
     return {math.floor(i * n / k) for i in range(k)}
 
 
+def recomputed_layers(n: int, fraction: float, kept_layers: str = "spread") -> set[int]:
+    """The indices of the decoder layers recomputed in backward: round(fraction * n) of n (at
+    least one; none at fraction 0), spread over the depth, or (kept_layers=top) the first ones,
+    so that the layers that keep their activations are the last. Backward runs the last layers
+    first and frees what they saved before it recomputes any layer below: only the recompute
+    working set of one layer and the kept layers' activations never meet at the peak."""
+    if fraction <= 0:
+        return set()
+    if kept_layers == "top":
+        return set(range(max(1, round(fraction * n))))
+    return spread(n, fraction)
+
+
 def _decoder_layers(model) -> list:
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
 
 
-def _checkpointing(model, mode: str, fraction: float | None) -> dict:
+def _checkpointing(model, mode: str, fraction: float | None, kept_layers: str = "spread") -> dict:
     """Set each decoder layer's checkpointing flag. attach_adapter enabled checkpointing on all
     layers (any mode but none); a pooled base may still carry the previous trial's flags."""
     layers = _decoder_layers(model)
     n = len(layers)
-    chosen = set() if mode == "none" else spread(n, recompute_fraction(mode, fraction))
+    chosen = recomputed_layers(n, recompute_fraction(mode, fraction), kept_layers)
     for i, layer in enumerate(layers):
         layer.gradient_checkpointing = i in chosen and hasattr(
             layer, "_gradient_checkpointing_func"
@@ -280,3 +299,21 @@ def _slim(model, on: bool, kernels: str) -> int:
             _bind(mlp, _hf_swiglu_slim, "slim")
         n += 1
     return n
+
+
+@contextlib.contextmanager
+def frozen_heap(on: bool):
+    """train.gc_freeze: collect once, then move every live object to the collector's permanent
+    generation for the block (gc.freeze), and back after it (gc.unfreeze). Python's full
+    collections in training then skip the model's modules, the data and the libraries' objects,
+    which no step frees. The fast preset's full collections held 0.42-0.50 s of its timed steps
+    on the H200 (BENCHMARKS.md, fifteenth round). Training itself is untouched."""
+    if not on:
+        yield
+        return
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()

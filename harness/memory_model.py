@@ -127,6 +127,7 @@ def setting_from_config(cfg: dict[str, Any], *, chunked_loss: bool = False) -> S
         lora_kernel=t.get("lora_kernel", base.lora_kernel),
         checkpoint_fraction=_fraction(t.get("checkpoint_fraction", base.checkpoint_fraction)),
         slim_activations=bool(t.get("slim_activations", base.slim_activations)),
+        kept_layers=str(t.get("kept_layers", base.kept_layers)),
         embeddings_on_cpu=bool(t.get("embeddings_on_cpu", base.embeddings_on_cpu)),
         head_on_cpu=bool(t.get("head_on_cpu", base.head_on_cpu)),
         chunked_loss=chunked_loss,

@@ -114,6 +114,7 @@ class Setting:
     projections_fp32: bool = False  # train.projection_dtype=fp32: q, k, v, gate, up in fp32
     lora_kernel: str = "peft"  # peft | fused: one op per adapted Linear, input saved once, no mask
     checkpoint_fraction: float | None = None  # selective (null: 0.5) / offload (null: 1.0)
+    kept_layers: str = "spread"  # spread | top: where the layers not recomputed sit
     slim_activations: bool = False  # kept layers keep norm/SwiGLU inputs, not outputs
     embeddings_on_cpu: bool = False  # the (untied) input embedding table in host memory
     head_on_cpu: bool = False  # the (untied) LM head in host memory, on the GPU forward to loss
@@ -230,13 +231,20 @@ def activation_bytes(shape: Shape, s: Setting) -> float:
     # selective: round(fraction * n) layers recomputed (at least one), the rest keep everything.
     # offload: the same with the recomputed layers' inputs in host memory (two in flight).
     k = max(1, round(recompute_fraction(s.checkpointing, s.checkpoint_fraction) * n))
-    kept = {
-        "none": n * slim,
-        "full": n * boundary + layer,
-        "selective": k * boundary + (n - k) * slim + layer,
-        "offload": 2 * boundary + (n - k) * slim + layer,
-    }.get(s.checkpointing, n * layer)
-    total = kept * s.batch_size * s.seq_len
+    tokens = s.batch_size * s.seq_len
+    keep = ((n - k) * slim + layer) * tokens
+    if s.kept_layers == "top" and s.checkpointing in ("selective", "offload") and k < n:
+        # the kept layers are the last: backward frees what they saved before it recomputes any
+        # layer, so the peak is the larger of the two, not their sum. At the kept side's peak
+        # (the loss) a streamed LM head is on the GPU too (static_bytes leaves it out).
+        head = 2.0 * shape.vocab_size * h if s.head_on_cpu and not shape.tie_embeddings else 0.0
+        keep = max((n - k) * slim * tokens + head, layer * tokens)
+    total = {
+        "none": n * slim * tokens,
+        "full": (n * boundary + layer) * tokens,
+        "selective": k * boundary * tokens + keep,
+        "offload": 2 * boundary * tokens + keep,
+    }.get(s.checkpointing, n * layer * tokens)
     keeps_layers = s.checkpointing == "none" or (s.checkpointing != "full" and k < n)
     if s.causal_padding and keeps_layers:
         # The anchors' right-padded batches ran attention with the padding mask, which held about

@@ -136,7 +136,7 @@ def _pipeline(cfg, plan, rec, mem, clock, out_dir, on_eval, pool) -> None:
     rec["levers"]["chunked_loss"] = models.has_fused_lm_head(model)  # the memory model reads it
     models.release_cached_memory(collect=False)  # blocks setup freed (casts) are not training's
     try:
-        with mem.phase("train"), clock("train"), meter.gc:
+        with mem.phase("train"), clock("train"), levers.frozen_heap(cfg.train.gc_freeze), meter.gc:
             trainer.train()
     finally:
         rec["levers"]["flat_optimizer_tensors"] = meter.flat_optimizer_tensors

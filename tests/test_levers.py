@@ -21,8 +21,8 @@ from harness.config import TrainConfig, to_trial_config
 from harness.errors import ConfigError
 
 
-def _tiny_peft(dropout: float = 0.0, seed: int = 0, tied: bool = True):
-    """A 2-layer llama with a peft LoRA adapter on every Linear, fp32, in train mode."""
+def _tiny_peft(dropout: float = 0.0, seed: int = 0, tied: bool = True, layers: int = 2):
+    """A llama (2 layers) with a peft LoRA adapter on every Linear, fp32, in train mode."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -31,6 +31,7 @@ def _tiny_peft(dropout: float = 0.0, seed: int = 0, tied: bool = True):
     torch.manual_seed(seed)
     hf_config = shape_config("tiny-llama")
     hf_config.tie_word_embeddings = tied
+    hf_config.num_hidden_layers = layers
     base = AutoModelForCausalLM.from_config(hf_config)
     cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear")
     return lora_b_random(get_peft_model(base, cfg))
@@ -115,6 +116,49 @@ def test_selective_spreads_the_recomputed_layers_over_the_depth():
     assert levers.spread(2, 0.1) == {0}  # at least one
 
 
+def test_kept_layers_top_recomputes_the_first_layers_and_keeps_the_last():
+    assert levers.recomputed_layers(32, 0.8125, "top") == set(range(26))
+    assert levers.recomputed_layers(32, 0.8125, "spread") == levers.spread(32, 0.8125)
+    assert levers.recomputed_layers(32, 0.8125, "spread") != set(range(26))
+    for placement in ("top", "spread"):
+        assert levers.recomputed_layers(32, 1.0, placement) == set(range(32))
+        assert levers.recomputed_layers(32, 0.0, placement) == set()
+        assert levers.recomputed_layers(32, 0.01, placement) == {0}  # at least one
+    with pytest.raises(ConfigError, match="train.kept_layers.*'bottom'"):
+        TrainConfig(kept_layers="bottom")
+
+
+@pytest.mark.parametrize("kept_layers", ["spread", "top"])
+def test_kept_layer_placement_leaves_loss_and_gradients_unchanged(kept_layers):
+    """4 layers, 2 recomputed: spread recomputes layers 0 and 2, top layers 0 and 1."""
+    model = _tiny_peft(layers=4)
+    ids = torch.randint(0, 1000, (2, 16))
+    loss_ref, grads_ref = _loss_and_grads(model, ids)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    applied = _apply(model, checkpointing="selective", checkpoint_fraction=0.5,
+                     kept_layers=kept_layers)  # fmt: skip
+    flags = [layer.gradient_checkpointing for layer in levers._decoder_layers(model)]
+    expected = {"spread": [True, False, True, False], "top": [True, True, False, False]}
+    assert flags == expected[kept_layers]
+    assert applied["checkpointed_layers"] == 2
+    loss, grads = _loss_and_grads(model, ids)
+    torch.testing.assert_close(loss, loss_ref)
+    for name, grad in grads_ref.items():
+        torch.testing.assert_close(grads[name], grad)
+
+
+def test_gc_freeze_moves_live_objects_out_of_the_collectors_reach_for_the_block():
+    import gc
+
+    before = gc.get_freeze_count()
+    with levers.frozen_heap(True):
+        assert gc.get_freeze_count() > before  # the model, data and libraries: not scanned
+    assert gc.get_freeze_count() == before
+    with levers.frozen_heap(False):
+        assert gc.get_freeze_count() == before
+
+
 def test_frozen_bf16_casts_only_frozen_unquantized_weights():
     model = _tiny_peft()
     for param in model.parameters():  # what peft's prepare_model_for_kbit_training leaves: fp32
@@ -178,6 +222,8 @@ def test_fused_and_selective_trial_has_the_plain_loss_curve(tmp_path):
             "train.lora_kernel=fused",
             "train.checkpointing=selective",
             "train.flat_optimizer=true",
+            "train.gc_freeze=true",
+            "train.kept_layers=top",
             "train.save_adapter=true",
         ],
     }.items():

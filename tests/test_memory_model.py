@@ -19,7 +19,7 @@ from harness.memory_model import (
     prior_calibration,
 )
 from harness.memory_table import seeds_rows
-from harness.memory_terms import GIB, lora_param_count, static_bytes
+from harness.memory_terms import GIB, activation_bytes, lora_param_count, static_bytes
 from harness.report_data import load_records
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -225,3 +225,31 @@ def test_causal_padding_drops_the_mask_term_where_layers_are_kept() -> None:
         masked = predict_peak_gib(LLAMA3_8B, base)["total"]
         unmasked = predict_peak_gib(LLAMA3_8B, replace(base, causal_padding=True))["total"]
         assert masked - unmasked == pytest.approx(saved * prior_calibration().act_factor), mode
+
+
+def test_kept_layers_at_the_top_peak_at_the_larger_side_not_the_sum() -> None:
+    """train.kept_layers=top: backward frees the kept (last) layers' activations before it
+    recomputes any layer, so their bytes and one layer's recompute working set never meet."""
+    fast = replace(QLORA, checkpointing="selective", checkpoint_fraction=0.8125, batch_size=4,
+                   seq_len=2048, lora_kernel="fused", kernels="liger")  # fmt: skip
+    act = {p: activation_bytes(LLAMA3_8B, replace(fast, kept_layers=p)) for p in ("spread", "top")}
+    assert act["top"] < act["spread"]
+    # what the two placements differ by: one layer's working set, the larger side being the kept
+    spread_minus_top = act["spread"] - act["top"]
+    one_layer_full = activation_bytes(LLAMA3_8B, replace(fast, checkpointing="none")) / 32
+    assert spread_minus_top == pytest.approx(one_layer_full, rel=1e-6)
+    # lean with one kept layer: the working set is the larger side, the kept layer comes free
+    lean = replace(fast, checkpointing="offload", checkpoint_fraction=None)
+    lean_k1 = replace(lean, checkpoint_fraction=31 / 32, kept_layers="top")
+    assert activation_bytes(LLAMA3_8B, lean_k1) == pytest.approx(activation_bytes(LLAMA3_8B, lean))
+    # a streamed head sits on the kept side's peak (the loss) with top placement only
+    k4 = replace(lean, checkpoint_fraction=28 / 32, head_on_cpu=True)
+    head = 2.0 * LLAMA3_8B.vocab_size * LLAMA3_8B.hidden_size
+    assert activation_bytes(LLAMA3_8B, replace(k4, kept_layers="top")) == pytest.approx(
+        activation_bytes(LLAMA3_8B, replace(k4, head_on_cpu=False, kept_layers="top")) + head
+    )
+    for mode in ("full", "none"):  # nothing kept, or nothing recomputed: placement is moot
+        s = replace(fast, checkpointing=mode)
+        assert activation_bytes(LLAMA3_8B, s) == activation_bytes(
+            LLAMA3_8B, replace(s, kept_layers="top")
+        )

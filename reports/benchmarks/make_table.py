@@ -8,8 +8,8 @@ h200_v4_d, which have no plain row, ran right after h200_v3_a, h200_v4_a and h20
 device call on the same machine and take their reference from there (REFERENCE); so do h200_v5_a
 and h200_v5_b (h200_v5_c, the same call) and the fifth round's final sweeps, one process per
 configuration (h200_v5_plain), as are the sixth and seventh rounds' (h200_v6_*, h200_v7_*: each
-against its own call's plain process) and the ninth, tenth, twelfth, thirteenth and fourteenth
-(h200_v9_*, h200_v10_*, h200_v12_*, h200_v13_*, h200_v14_*); h200_v11's
+against its own call's plain process) and the ninth, tenth, twelfth to fifteenth
+(h200_v9_*, h200_v10_*, h200_v12_*, h200_v13_*, h200_v14_*, h200_v15_*); h200_v11's
 one process ran in the next call of the same session and takes h200_v10_plain's. Any other sweep
 without a plain row gets no ratio.
 "offload 19/32": 19 of the 32 layers recomputed; "slim 12": 12 slim layers (h200_v5_a/b: the
@@ -23,6 +23,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 FINAL = ("h200_v5_plain", "h200_v5_hybrid", "h200_v5_lean", "h200_v5_fast")  # one process each
+V15 = ("h200_v15_plain", "h200_v15_fast", "h200_v15_exact", "h200_v15_lean_gpuhead_cap82",
+       "h200_v15_exact_lean", "h200_v15_lean_gpuhead_k1_cap82")  # fmt: skip
 V14 = ("h200_v14_plain", "h200_v14_fast_head_075", "h200_v14_lean_cap64", "h200_v14_fast",
        "h200_v14_fast_head_072")  # fmt: skip
 V13 = ("h200_v13_plain", "h200_v13_fast_head_075", "h200_v13_lean_cap64")
@@ -35,8 +37,8 @@ V9 = ("h200_v9_plain", "h200_v9_fast_head_075", "h200_v9_fast_head_072", "h200_v
 V7 = ("h200_v7_plain", "h200_v7_fast", "h200_v7_fast_r32", "h200_v7_lean")  # one process each
 V6 = ("h200_v6_plain", "h200_v6_fast", "h200_v6_fast_r32", "h200_v6_hybrid_r32",
       "h200_v6_lean_r32")  # fmt: skip
-SWEEPS = (*V14, *V13, *V12, *V10, *V9, *V7, *V6, *FINAL, "h200_v5_c", "h200_v5_a", "h200_v5_b",
-          "h200_v4_c", "h200_v4_d", "h200_v4_a", "h200_v4_b",
+SWEEPS = (*V15, *V14, *V13, *V12, *V10, *V9, *V7, *V6, *FINAL, "h200_v5_c", "h200_v5_a",
+          "h200_v5_b", "h200_v4_c", "h200_v4_d", "h200_v4_a", "h200_v4_b",
           "h200_v3_a", "h200_v3_b", "h200_v3_b1", "h200_v3_fp4", "h200_v3_qwen_b4",
           "h200_v3_qwen_b1", "h200_v3_smollm2_b4", "h200_v2", "h200_b4", "h200_fresh",
           "b4_presets", "b4_factorial", "b4_fraction", "b4_fp4", "b1_presets", "qwen_b4",
@@ -60,6 +62,7 @@ REFERENCE = {
     **{sweep: "h200_v12_plain" for sweep in V12[1:]},
     **{sweep: "h200_v13_plain" for sweep in V13[1:]},
     **{sweep: "h200_v14_plain" for sweep in V14[1:]},
+    **{sweep: "h200_v15_plain" for sweep in V15[1:]},
 }  # sweep -> the sweep whose plain rows it is compared with
 
 
