@@ -232,26 +232,27 @@ def activation_bytes(shape: Shape, s: Setting) -> float:
     # offload: the same with the recomputed layers' inputs in host memory (two in flight).
     k = max(1, round(recompute_fraction(s.checkpointing, s.checkpoint_fraction) * n))
     tokens = s.batch_size * s.seq_len
-    keep = ((n - k) * slim + layer) * tokens
-    if s.kept_layers == "top" and s.checkpointing in ("selective", "offload") and k < n:
-        # the kept layers are the last: backward frees what they saved before it recomputes any
-        # layer, so the peak is the larger of the two, not their sum. At the kept side's peak
-        # (the loss) a streamed LM head is on the GPU too (static_bytes leaves it out).
+    # The anchors' right-padded batches ran attention with the padding mask, which held about one
+    # dense [batch, heads, seq, seq] bf16 tensor at the loss of settings that keep layers
+    # (llama3-8b b4: 1 GiB; H200, with train.causal_padding: -0.89 to -1.29 GiB reserved on three
+    # selective settings, none on full offload: BENCHMARKS.md, fourteenth round).
+    mask = 2.0 * s.batch_size * shape.num_heads * s.seq_len**2 if s.causal_padding else 0.0
+    keep = layer * tokens
+    if s.checkpointing in ("selective", "offload") and k < n:
+        # Two candidate peaks. At the loss: every kept layer's activations, and a streamed LM head
+        # (static_bytes leaves it out). In backward, recomputing the top recomputed layer: one
+        # layer's working set and the kept layers below it, which are all but the top one where
+        # they are spread (its index is the last), none where they are the last (kept_layers=top).
+        # H200 llama3-8b b4: 6 kept, spread or top, 13.86 GiB allocated both (sixteenth round).
         head = 2.0 * shape.vocab_size * h if s.head_on_cpu and not shape.tie_embeddings else 0.0
-        keep = max((n - k) * slim * tokens + head, layer * tokens)
+        below = 0 if s.kept_layers == "top" else n - k - 1
+        keep = max((n - k) * slim * tokens + head - mask, (below * slim + layer) * tokens)
     total = {
-        "none": n * slim * tokens,
+        "none": n * slim * tokens - mask,
         "full": (n * boundary + layer) * tokens,
         "selective": k * boundary * tokens + keep,
         "offload": 2 * boundary * tokens + keep,
     }.get(s.checkpointing, n * layer * tokens)
-    keeps_layers = s.checkpointing == "none" or (s.checkpointing != "full" and k < n)
-    if s.causal_padding and keeps_layers:
-        # The anchors' right-padded batches ran attention with the padding mask, which held about
-        # one dense [batch, heads, seq, seq] bf16 tensor at the peak of settings that keep layers
-        # (llama3-8b b4: 1 GiB; H200, with train.causal_padding: -0.89 to -1.29 GiB reserved on
-        # three selective settings, none on full offload: BENCHMARKS.md, fourteenth round).
-        total -= 2.0 * s.batch_size * shape.num_heads * s.seq_len**2
     return max(total, 0.0)
 
 
