@@ -305,6 +305,24 @@ def release_cached_memory(*, collect: bool = True) -> None:
         torch.cuda.empty_cache()
 
 
+def forget_optimizer_overrides() -> int:
+    """Drop the modules HF's Trainer registered with bitsandbytes' process-wide GlobalOptimManager
+    (every nn.Embedding, for 32-bit states under an 8-bit optimizer, read at the optimizer's
+    first step). The manager holds them for the life of the process: in a sweep, each trial that
+    loaded its own base left its embedding table on the GPU (H200, llama3-8b: the plain trial's
+    fp32 table, 1.96 GiB, at the peak of every later trial in the process; seventeenth round).
+    Returns how many were dropped."""
+    import sys
+
+    optim = sys.modules.get("bitsandbytes.optim")
+    if optim is None:
+        return 0
+    manager = optim.GlobalOptimManager.get_instance()
+    n = len(manager.module_weight_config_triple)
+    manager.module_weight_config_triple.clear()
+    return n
+
+
 def merge_to_16bit(weights: str, adapter_dir: Path, out_dir: Path, *, device: str) -> Path:
     """Merge the adapter into a fresh 16-bit copy of the base (bf16 where the device supports it;
     never fp16 when bf16 is available)."""

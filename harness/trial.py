@@ -139,6 +139,7 @@ def _pipeline(cfg, plan, rec, mem, clock, out_dir, on_eval, pool) -> None:
         with mem.phase("train"), clock("train"), levers.frozen_heap(cfg.train.gc_freeze), meter.gc:
             trainer.train()
     finally:
+        models.forget_optimizer_overrides()  # the optimizer has read them; the modules may go
         rec["levers"]["flat_optimizer_tensors"] = meter.flat_optimizer_tensors
         rec["levers"]["causal_padding_batches"] = meter.collator.unmasked_batches
         rec["throughput"] = throughput(

@@ -217,3 +217,32 @@ def test_pool_keeps_a_base_only_for_the_allocator_layout_it_was_loaded_under():
     assert pool.get(m, q, "cuda", True) is base and pool.hits == 1
     pool.put(m, q, "cpu", base, True)  # no allocator setting on the CPU: one layout
     assert pool.get(m, q, "cpu", False) is base
+
+
+def test_a_finished_trial_leaves_no_module_of_its_model_alive(tmp_path):
+    """HF's Trainer registers every nn.Embedding with bitsandbytes' process-wide optimizer manager
+    (8-bit optimizers: 32-bit states for embeddings); the manager held them for the life of the
+    process, so each trial that loaded its own base left its embedding table behind (H200: 1.96
+    GiB at the peak of every later trial in a sweep process). The 4-bit tiny model, real 8-bit
+    optimizer: once the trial and its pooled base are gone, so is its embedding."""
+    import gc
+    import weakref
+
+    import torch
+    from conftest import compose_cfg
+
+    from harness.config import to_trial_config
+    from harness.models import BasePool
+    from harness.trial import run_trial
+
+    pool = BasePool()
+    cfg = to_trial_config(compose_cfg([*TINY, "train.device=cpu", "optim=adamw_8bit"]))
+    rec = run_trial(cfg, tmp_path / "a", pool=pool)
+    assert rec["status"] == "success" and rec["optimizer"]["used"] == "adamw_8bit"
+    (base,) = pool.entries.values()
+    tables = [weakref.ref(m) for m in base.modules() if isinstance(m, torch.nn.Embedding)]
+    assert tables
+    del base
+    pool.entries.clear()  # what the next trial's get() does for another base
+    gc.collect()
+    assert [ref() for ref in tables] == [None] * len(tables)

@@ -8,8 +8,8 @@ h200_v4_d, which have no plain row, ran right after h200_v3_a, h200_v4_a and h20
 device call on the same machine and take their reference from there (REFERENCE); so do h200_v5_a
 and h200_v5_b (h200_v5_c, the same call) and the fifth round's final sweeps, one process per
 configuration (h200_v5_plain), as are the sixth and seventh rounds' (h200_v6_*, h200_v7_*: each
-against its own call's plain process) and the ninth, tenth, twelfth to fifteenth
-(h200_v9_*, h200_v10_*, h200_v12_*, h200_v13_*, h200_v14_*, h200_v15_*); h200_v11's
+against its own call's plain process) and the ninth, tenth, twelfth to sixteenth
+(h200_v9_*, h200_v10_*, h200_v12_* to h200_v16_*); h200_v11's
 one process ran in the next call of the same session and takes h200_v10_plain's. Any other sweep
 without a plain row gets no ratio.
 "offload 19/32": 19 of the 32 layers recomputed; "slim 12": 12 slim layers (h200_v5_a/b: the
@@ -23,6 +23,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 FINAL = ("h200_v5_plain", "h200_v5_hybrid", "h200_v5_lean", "h200_v5_fast")  # one process each
+V16 = ("h200_v16_plain", "h200_v16_fast_gc", "h200_v16_fast_top", "h200_v16_lean_top_k3",
+       "h200_v16_fast_top_075", "h200_v16_lean_top_k4_slim",
+       "h200_v16_lean_top_k5_slim")  # fmt: skip  # k5: OOM under its cap (a result, no row)
+V17 = ("h200_v17_fp4", "h200_v17_b1", "h200_v17_qwen_b4", "h200_v17_qwen_b1", "h200_v17_smollm2_b4")
 V15 = ("h200_v15_plain", "h200_v15_fast", "h200_v15_exact", "h200_v15_lean_gpuhead_cap82",
        "h200_v15_exact_lean", "h200_v15_lean_gpuhead_k1_cap82")  # fmt: skip
 V14 = ("h200_v14_plain", "h200_v14_fast_head_075", "h200_v14_lean_cap64", "h200_v14_fast",
@@ -37,17 +41,18 @@ V9 = ("h200_v9_plain", "h200_v9_fast_head_075", "h200_v9_fast_head_072", "h200_v
 V7 = ("h200_v7_plain", "h200_v7_fast", "h200_v7_fast_r32", "h200_v7_lean")  # one process each
 V6 = ("h200_v6_plain", "h200_v6_fast", "h200_v6_fast_r32", "h200_v6_hybrid_r32",
       "h200_v6_lean_r32")  # fmt: skip
-SWEEPS = (*V15, *V14, *V13, *V12, *V10, *V9, *V7, *V6, *FINAL, "h200_v5_c", "h200_v5_a",
+SWEEPS = (*V16, *V15, *V14, *V13, *V12, *V10, *V9, *V7, *V6, *FINAL, "h200_v5_c", "h200_v5_a",
           "h200_v5_b", "h200_v4_c", "h200_v4_d", "h200_v4_a", "h200_v4_b",
-          "h200_v3_a", "h200_v3_b", "h200_v3_b1", "h200_v3_fp4", "h200_v3_qwen_b4",
+          *V17, "h200_v3_a", "h200_v3_b", "h200_v3_b1", "h200_v3_fp4", "h200_v3_qwen_b4",
           "h200_v3_qwen_b1", "h200_v3_smollm2_b4", "h200_v2", "h200_b4", "h200_fresh",
           "b4_presets", "b4_factorial", "b4_fraction", "b4_fp4", "b1_presets", "qwen_b4",
           "qwen_b1", "smollm2_b4")  # fmt: skip
 LEVERS = {"kernels": "liger", "lora_kernel": "fused", "frozen_dtype": "bf16"}
 FLAGS = {"flat_optimizer": "flat", "embeddings_on_cpu": "emb cpu", "slim_activations": "slim",
-         "head_on_cpu": "head cpu"}  # fmt: skip
+         "head_on_cpu": "head cpu", "gc_freeze": "gc freeze"}  # fmt: skip
 VALUED = {"residual_dtype": ("fp32", "fp32 residual"),
-          "projection_dtype": ("fp32", "fp32 projections")}  # fmt: skip  # key: (value, label)
+          "projection_dtype": ("fp32", "fp32 projections"),
+          "kept_layers": ("top", "kept top")}  # fmt: skip  # key: (value, label)
 REFERENCE = {
     "h200_v3_b": "h200_v3_a",
     "h200_v4_b": "h200_v4_a",
@@ -63,6 +68,7 @@ REFERENCE = {
     **{sweep: "h200_v13_plain" for sweep in V13[1:]},
     **{sweep: "h200_v14_plain" for sweep in V14[1:]},
     **{sweep: "h200_v15_plain" for sweep in V15[1:]},
+    **{sweep: "h200_v16_plain" for sweep in V16[1:]},
 }  # sweep -> the sweep whose plain rows it is compared with
 
 
@@ -92,7 +98,7 @@ def setting(rec: dict) -> str:
 
 def _is_preset(rec: dict) -> bool:
     over = " ".join(rec.get("overrides") or [])
-    return not any(f"train.{k}=" in over for k in (*LEVERS, "checkpoint_fraction"))
+    return not any(f"train.{k}=" in over for k in (*LEVERS, *FLAGS, *VALUED, "checkpoint_fraction"))
 
 
 def _records(sweep: str) -> list[dict]:
@@ -118,6 +124,8 @@ def rows() -> list[dict]:
         recs = _records(sweep)
         plain = _plain(_records(REFERENCE[sweep]) if sweep in REFERENCE else recs)
         for r in recs:
+            if r["status"] != "success":  # an OOM is a result (its record), not a table row
+                continue
             tp, c = r["throughput"], r["config"]
             ref = plain.get(c["lora"]["dropout"]) or plain.get(0.05)
             out.append({
@@ -169,12 +177,12 @@ def markdown(table: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-NEWEST = {  # the fourteenth round, one process per configuration, labelled on the plot
-    "h200_v14_plain": ("plain", "o"),
-    "h200_v14_fast": ("fast preset", ">"),
-    "h200_v14_fast_head_072": ("fast, host head, 9 kept", "P"),
-    "h200_v14_fast_head_075": ("fast, host head, 8 kept", "X"),
-    "h200_v14_lean_cap64": ("lean + memory_cap_gib=6.4", "<"),
+NEWEST = {  # the sixteenth round, one process per configuration, labelled on the plot
+    "h200_v16_plain": ("plain", "o"),
+    "h200_v16_fast_top": ("fast preset (gc_freeze, kept top)", ">"),
+    "h200_v16_fast_top_075": ("fast preset, 8 kept", "P"),
+    "h200_v16_lean_top_k4_slim": ("lean, 4 slim kept, cap 8.2", "X"),
+    "h200_v16_lean_top_k3": ("lean, 3 kept, cap 8.2", "<"),
 }
 
 
@@ -188,15 +196,16 @@ def plot(table: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
     older = [r for r in table if r["gpu"] == "H200" and r["shape"] == "llama3-8b"
-             and r["batch"] == 4 and r["sweep"] not in NEWEST]  # fmt: skip
+             and r["batch"] == 4 and r["quant"] == "nf4"
+             and r["sweep"] not in NEWEST and not r["sweep"].startswith("h200_v17")]  # fmt: skip
     ax.scatter([r["reserved_gib"] for r in older], [r["tokens_per_s"] for r in older], s=14,
-               c="lightgrey", label="earlier H200 rounds (v2-v13)")  # fmt: skip
+               c="lightgrey", label="earlier H200 rounds (v2-v15)")  # fmt: skip
     for sweep, (label, marker) in NEWEST.items():
         pts = [r for r in table if r["sweep"] == sweep]
         for r in pts:
             ax.scatter(r["reserved_gib"], r["tokens_per_s"], marker=marker, s=90,
                        label=f"{label}: {r['speed_x']:.2f}x at {r['memory_x']:.2f}x")  # fmt: skip
-    ref = next((r for r in table if r["sweep"] == "h200_v14_plain"), None)
+    ref = next((r for r in table if r["sweep"] == "h200_v16_plain"), None)
     if ref:  # the issue's targets against the same call's plain reference
         tok, gib = ref["tokens_per_s"], ref["reserved_gib"]
         ax.axhline(2 * tok, ls="--", lw=0.8, c="grey")
@@ -207,7 +216,7 @@ def plot(table: list[dict], path: Path) -> None:
         for x, label in ((gib, "plain reserved"), (0.4 * gib, "0.4x"), (0.5 * gib, "0.5x")):
             ax.annotate(label, (x, 13600), fontsize=7, color="grey", rotation=90, ha="right")
     ax.set(xlabel="peak reserved VRAM, train phase (GiB)", ylabel="tokens/s (all tokens)",
-           title="llama3-8b shape, nf4, seq 2048, batch 4, H200 (v14)")  # fmt: skip
+           title="llama3-8b shape, nf4, seq 2048, batch 4, H200 (v16)")  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
