@@ -11,10 +11,12 @@
                                   1.05 GB off the GPU). Not for tied embeddings (the LM head is the
                                   same matrix).
 
-Same math: the recomputed layer sees the same input (copied exactly) and the same CPU and CUDA
-RNG states (the fused LoRA kernel draws its dropout seed from the CPU generator).
+Same math: the recomputed layer sees the same input (copied exactly), the same CPU and CUDA RNG
+states (the fused LoRA kernel draws its dropout seed from the CPU generator) and the same autocast
+state: backward runs on autograd's device thread, where autocast is off unless re-entered.
 """
 
+import contextlib
 import functools
 
 import torch
@@ -59,6 +61,24 @@ def _fetch(ctx) -> None:
     ctx.fetched = (gpu, side.record_event())
 
 
+def autocast_state(device_type: str) -> dict[str, dict]:
+    """The autocast settings in force now, for `device_type` and the CPU (thread-local)."""
+    cache = torch.is_autocast_cache_enabled()
+    return {
+        kind: {"enabled": torch.is_autocast_enabled(kind), "dtype": torch.get_autocast_dtype(kind),
+               "cache_enabled": cache}
+        for kind in dict.fromkeys((device_type, "cpu"))
+    }  # fmt: skip
+
+
+def autocast_as(state: dict[str, dict]) -> contextlib.ExitStack:
+    """Enter the autocast settings `autocast_state` took (on another thread, e.g. in backward)."""
+    stack = contextlib.ExitStack()
+    for kind, kwargs in state.items():
+        stack.enter_context(torch.autocast(kind, **kwargs))
+    return stack
+
+
 class _OffloadedCheckpoint(torch.autograd.Function):
     """Run `run(hidden, *rest)` without keeping activations; keep `hidden` in host memory and
     recompute in backward (the reentrant scheme: backward runs the layer again under grad and
@@ -71,6 +91,7 @@ class _OffloadedCheckpoint(torch.autograd.Function):
         ctx.run, ctx.rest, ctx.device = run, rest, hidden.device
         ctx.cpu_rng = torch.get_rng_state()
         ctx.cuda_rng = torch.cuda.get_rng_state(hidden.device)
+        ctx.autocast = autocast_state(hidden.device.type)
         with torch.no_grad():
             out = run(hidden, *rest)
         stream = _side_stream(hidden.device)
@@ -97,7 +118,7 @@ class _OffloadedCheckpoint(torch.autograd.Function):
         torch.set_rng_state(ctx.cpu_rng)
         torch.cuda.set_rng_state(ctx.cuda_rng, ctx.device)
         try:
-            with torch.enable_grad():
+            with torch.enable_grad(), autocast_as(ctx.autocast):
                 out = ctx.run(hidden, *ctx.rest)
             torch.autograd.backward(out, grad_out)
         finally:

@@ -266,6 +266,48 @@ def test_offload_trial_has_the_plain_loss_curve_on_cuda(tmp_path):
     assert curves["offload"] == pytest.approx(curves["full"], rel=1e-3)
 
 
+def test_offloaded_recompute_reenters_the_forwards_autocast_on_another_thread():
+    """Backward runs on autograd's device thread, where autocast is off: the offloaded recompute
+    takes the forward's autocast state with it (an fp32 stream under bf16 autocast recomputed in
+    fp32 ran at half the speed, with 7 GiB more: BENCHMARKS.md, fifteenth round)."""
+    import threading
+
+    a = torch.randn(4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        state = offload.autocast_state("cpu")
+    seen = {}
+
+    def recompute():
+        seen["bare"] = (a @ a).dtype
+        with offload.autocast_as(state):
+            seen["restored"] = (a @ a).dtype
+        seen["after"] = (a @ a).dtype
+
+    worker = threading.Thread(target=recompute)
+    worker.start()
+    worker.join()
+    assert seen == {"bare": torch.float32, "restored": torch.bfloat16, "after": torch.float32}
+    assert state["cpu"] == {"enabled": True, "dtype": torch.bfloat16, "cache_enabled": True}
+
+
+@requires_cuda
+def test_offloaded_recompute_under_autocast_matches_full_recompute_on_cuda():
+    """fp32 weights under bf16 autocast (the fp32 stream's setting): the offloaded recompute runs
+    the layer as its forward did, so loss and gradients are full recompute's."""
+    model = _tiny_peft(tied=False).cuda()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    ids = torch.randint(0, 1000, (2, 32), device="cuda")
+    results = {}
+    for mode in ("full", "offload"):
+        _apply(model, checkpointing=mode)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            results[mode] = _loss_and_grads(model, ids)
+    torch.testing.assert_close(results["offload"][0], results["full"][0])
+    for name, grad in results["full"][1].items():
+        torch.testing.assert_close(results["offload"][1][name], grad)
+
+
 @requires_cuda
 def test_offloaded_checkpoint_and_cpu_embeddings_keep_loss_and_gradients_on_cuda():
     """Layer inputs in pinned host memory and the embedding table on the CPU: the same loss and
