@@ -223,7 +223,7 @@ class TrainConfig:
     causal_padding: bool = False
     # one full collection before training, then every live object moves to the collector's
     # permanent generation (gc.freeze): its full passes during training scan only what training
-    # makes (harness/levers.py, frozen_heap)
+    # makes (harness/measure.py, frozen_heap)
     gc_freeze: bool = False
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda

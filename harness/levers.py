@@ -20,14 +20,13 @@ a sweep's pool never carries the previous trial's choice.
                                   mask: the unmasked attention kernel (applied in the collator:
                                   train.py)
     train.gc_freeze=true          Python's collector skips the objects alive before training
+                                  (applied around training: measure.frozen_heap)
     train.flat_optimizer          one optimizer update over all adapter tensors (flat_optim.py,
                                   applied where HF's Trainer builds the optimizer: train.py)
 
 What each costs or saves on an H100 is measured by sweeps/speed.yaml (BENCHMARKS.md).
 """
 
-import contextlib
-import gc
 import math
 import types
 
@@ -299,21 +298,3 @@ def _slim(model, on: bool, kernels: str) -> int:
             _bind(mlp, _hf_swiglu_slim, "slim")
         n += 1
     return n
-
-
-@contextlib.contextmanager
-def frozen_heap(on: bool):
-    """train.gc_freeze: collect once, then move every live object to the collector's permanent
-    generation for the block (gc.freeze), and back after it (gc.unfreeze). Python's full
-    collections in training then skip the model's modules, the data and the libraries' objects,
-    which no step frees. The fast preset's full collections held 0.42-0.50 s of its timed steps
-    on the H200 (BENCHMARKS.md, fifteenth round). Training itself is untouched."""
-    if not on:
-        yield
-        return
-    gc.collect()
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()

@@ -25,7 +25,14 @@ import torch
 from harness import data as data_mod
 from harness import flops, levers, models, offload, preflight_checks
 from harness.config import TrialConfig
-from harness.measure import PhaseMemory, Stopwatch, device_info, environment, throughput
+from harness.measure import (
+    PhaseMemory,
+    Stopwatch,
+    device_info,
+    environment,
+    frozen_heap,
+    throughput,
+)
 from harness.record import RECORD_NAME, SCHEMA_VERSION, write_record
 from harness.train import NonFiniteLoss, Pruned, build_trainer
 
@@ -136,7 +143,7 @@ def _pipeline(cfg, plan, rec, mem, clock, out_dir, on_eval, pool) -> None:
     rec["levers"]["chunked_loss"] = models.has_fused_lm_head(model)  # the memory model reads it
     models.release_cached_memory(collect=False)  # blocks setup freed (casts) are not training's
     try:
-        with mem.phase("train"), clock("train"), levers.frozen_heap(cfg.train.gc_freeze), meter.gc:
+        with mem.phase("train"), clock("train"), frozen_heap(cfg.train.gc_freeze), meter.gc:
             trainer.train()
     finally:
         models.forget_optimizer_overrides()  # the optimizer has read them; the modules may go

@@ -19,6 +19,7 @@ from conftest import (
 from harness import levers, lora_op, offload
 from harness.config import TrainConfig, to_trial_config
 from harness.errors import ConfigError
+from harness.measure import frozen_heap
 
 
 def _tiny_peft(dropout: float = 0.0, seed: int = 0, tied: bool = True, layers: int = 2):
@@ -152,10 +153,10 @@ def test_gc_freeze_moves_live_objects_out_of_the_collectors_reach_for_the_block(
     import gc
 
     before = gc.get_freeze_count()
-    with levers.frozen_heap(True):
+    with frozen_heap(True):
         assert gc.get_freeze_count() > before  # the model, data and libraries: not scanned
     assert gc.get_freeze_count() == before
-    with levers.frozen_heap(False):
+    with frozen_heap(False):
         assert gc.get_freeze_count() == before
 
 
