@@ -72,8 +72,8 @@ def experiment_yaml(
         note: one header line on what was measured or predicted.
     """
     config = copy.deepcopy(rec.get("config") or {})
-    if config.get("train"):  # the fraction as the trial ran it (older offload records: all)
-        config["train"]["checkpoint_fraction"] = effective_train(rec).get("checkpoint_fraction")
+    if config.get("train"):  # as the trial ran: its fraction, and levers newer than the record
+        config["train"] = effective_train(rec)
     for key, val in (changes or {}).items():
         node = config
         *parents, leaf = key.split(".")
