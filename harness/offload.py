@@ -71,12 +71,14 @@ def autocast_state(device_type: str) -> dict[str, dict]:
     }  # fmt: skip
 
 
-def autocast_as(state: dict[str, dict]) -> contextlib.ExitStack:
-    """Enter the autocast settings `autocast_state` took (on another thread, e.g. in backward)."""
-    stack = contextlib.ExitStack()
-    for kind, kwargs in state.items():
-        stack.enter_context(torch.autocast(kind, **kwargs))
-    return stack
+@contextlib.contextmanager
+def autocast_as(state: dict[str, dict]):
+    """Run the block under the autocast settings `autocast_state` took (on another thread, e.g.
+    in backward)."""
+    with contextlib.ExitStack() as stack:
+        for kind, kwargs in state.items():
+            stack.enter_context(torch.autocast(kind, **kwargs))
+        yield
 
 
 class _OffloadedCheckpoint(torch.autograd.Function):
