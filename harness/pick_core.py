@@ -73,19 +73,25 @@ def closest_measured(frame: pd.DataFrame) -> pd.Series | None:
     return None if ok.empty else ok.sort_values("peak_vram_reserved_gib").iloc[0]
 
 
+FREE = {"train.kept_layers"}  # changes that keep the math and the speed: preferred to any other
+
+
 def variants(setting: Setting) -> list[dict[str, Any]]:
-    """Cheaper variants of a setting: full checkpointing, then batch halved down to 1."""
-    ckpts = [setting.checkpointing] + (["full"] if setting.checkpointing != "full" else [])
+    """Cheaper variants of a setting: its kept layers at the top (the same math and speed, never
+    a higher peak), full checkpointing, then each with the batch halved down to 1."""
+    layouts: list[dict[str, Any]] = [{}]
+    if setting.kept_layers != "top" and setting.checkpointing in ("selective", "offload"):
+        layouts.append({"train.kept_layers": "top"})
+    if setting.checkpointing != "full":
+        layouts.append({"train.checkpointing": "full"})
     batches, b = [setting.batch_size], setting.batch_size
     while b > 1:
         b //= 2
         batches.append(max(b, 1))
     out = []
-    for ckpt in ckpts:
+    for layout in layouts:
         for batch in batches:
-            change = {}
-            if ckpt != setting.checkpointing:
-                change["train.checkpointing"] = ckpt
+            change = dict(layout)
             if batch != setting.batch_size:
                 change["train.batch_size"] = batch
             out.append(change)
@@ -96,6 +102,7 @@ def _apply(setting: Setting, change: dict[str, Any]) -> Setting:
     return replace(
         setting,
         checkpointing=change.get("train.checkpointing", setting.checkpointing),
+        kept_layers=change.get("train.kept_layers", setting.kept_layers),
         batch_size=change.get("train.batch_size", setting.batch_size),
     )
 
@@ -114,7 +121,8 @@ def pick_predicted(
     """The best predicted fit among successful settings and their cheaper variants.
 
     Ranked by the source trial's measured objective (for ``memory``: the predicted peak), then by
-    the fewest changes. ``shape``/``model`` predict for a model the sweep never ran.
+    the fewest changes that cost speed or change the math (FREE ones cost nothing), the fewest
+    changes. ``shape``/``model`` predict for a model the sweep never ran.
     """
     col, higher, tie = OBJECTIVES[objective]
     best: tuple | None = None
@@ -130,7 +138,7 @@ def pick_predicted(
                 continue  # too big, or an OOM under the record's train.memory_cap_gib
             value = peak if objective == "memory" else _metric(rec, col)
             key = (*_desc(value, higher and objective != "memory"), *_desc(_metric(rec, tie), True),
-                   len(change), peak)  # fmt: skip
+                   len(change.keys() - FREE), len(change), peak)  # fmt: skip
             if best is None or key < best[0]:
                 best = (key, Choice("predicted", rec, peak, need_gib(peak, margin), error_pct,
                                     change, model))  # fmt: skip

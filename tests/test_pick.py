@@ -1,7 +1,7 @@
 """pick: the right row on a crafted table, clean refusals, overrides and pinned experiments."""
 
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -195,3 +195,37 @@ def test_a_prediction_that_exceeds_the_records_memory_cap_is_not_picked() -> Non
     assert pick_predicted([rec], 80.0).peak_gib == pytest.approx(free.peak_gib)
     train["memory_cap_gib"] = 2.0  # below the 4-bit weights alone: every variant would OOM
     assert pick_predicted([rec], 80.0) is None
+
+
+def test_spread_kept_layers_get_a_top_variant_that_fits_where_they_do_not() -> None:
+    """Slim kept layers hold less than one layer's recompute working set, so spread they peak in
+    backward (the kept layers below the first recompute, plus it) and at the top at the loss:
+    a budget between the two is met by the same setting with train.kept_layers=top, the same math
+    and speed, before any slower variant (full recompute, a smaller batch)."""
+    from conftest import llama3_8b_record_model
+
+    from harness.memory_model import predict_peak_gib, setting_from_record, shape_from_record
+    from harness.pick_core import need_gib, pick_predicted
+
+    model = llama3_8b_record_model()
+    train = {"checkpointing": "selective", "checkpoint_fraction": 0.8125, "batch_size": 4,
+             "slim_activations": True, "lora_kernel": "fused", "kernels": "liger",
+             "frozen_dtype": "bf16"}  # fmt: skip
+    rec = {
+        "trial_id": "t",
+        "status": "success",
+        "score": 0.5,
+        "model": model,
+        "throughput": {"loss_tokens_per_s": 100.0},
+        "config": {"train": train, "quant": {"type": "nf4"}, "data": {"max_seq_len": 2048}},
+    }
+    shape, setting = shape_from_record(model), setting_from_record(rec)
+    spread = predict_peak_gib(shape, setting)["total"]
+    top = predict_peak_gib(shape, replace(setting, kept_layers="top"))["total"]
+    assert top < spread
+    budget = need_gib((top + spread) / 2, 0.10)
+    choice = pick_predicted([rec], budget)
+    assert choice is not None and choice.changes == {"train.kept_layers": "top"}
+    assert choice.peak_gib == pytest.approx(top)
+    train["kept_layers"] = "top"  # already at the top: no such variant, the next cheaper one
+    assert pick_predicted([rec], budget).changes != {"train.kept_layers": "top"}
