@@ -173,22 +173,26 @@ def test_pinned_experiment_composes_to_the_same_config(tmp_path: Path) -> None:
     assert got.kernels == "liger" and got.checkpoint_fraction == 0.8125
 
 
-def test_a_prediction_that_exceeds_the_records_memory_cap_is_not_picked() -> None:
-    """Under train.memory_cap_gib, tensors past the cap are an OOM whatever the budget."""
+def _llama3_8b_record(train: dict) -> dict:
+    """A successful llama3-8b b4-shaped record with this train config (nf4, seq 2048)."""
     from conftest import llama3_8b_record_model
 
-    from harness.pick_core import pick_predicted
-
-    model = llama3_8b_record_model()
-    train = {"checkpointing": "full", "batch_size": 1, "memory_cap_gib": None}
-    rec = {
+    return {
         "trial_id": "t",
         "status": "success",
         "score": 0.5,
-        "model": model,
+        "model": llama3_8b_record_model(),
         "throughput": {"loss_tokens_per_s": 100.0},
         "config": {"train": train, "quant": {"type": "nf4"}, "data": {"max_seq_len": 2048}},
     }
+
+
+def test_a_prediction_that_exceeds_the_records_memory_cap_is_not_picked() -> None:
+    """Under train.memory_cap_gib, tensors past the cap are an OOM whatever the budget."""
+    from harness.pick_core import pick_predicted
+
+    train = {"checkpointing": "full", "batch_size": 1, "memory_cap_gib": None}
+    rec = _llama3_8b_record(train)
     free = pick_predicted([rec], 80.0)
     assert free is not None and free.kind == "predicted"
     train["memory_cap_gib"] = free.peak_gib + 5.0  # room: the same answer
@@ -202,24 +206,14 @@ def test_spread_kept_layers_get_a_top_variant_that_fits_where_they_do_not() -> N
     backward (the kept layers below the first recompute, plus it) and at the top at the loss:
     a budget between the two is met by the same setting with train.kept_layers=top, the same math
     and speed, before any slower variant (full recompute, a smaller batch)."""
-    from conftest import llama3_8b_record_model
-
     from harness.memory_model import predict_peak_gib, setting_from_record, shape_from_record
     from harness.pick_core import need_gib, pick_predicted
 
-    model = llama3_8b_record_model()
     train = {"checkpointing": "selective", "checkpoint_fraction": 0.8125, "batch_size": 4,
              "slim_activations": True, "lora_kernel": "fused", "kernels": "liger",
              "frozen_dtype": "bf16"}  # fmt: skip
-    rec = {
-        "trial_id": "t",
-        "status": "success",
-        "score": 0.5,
-        "model": model,
-        "throughput": {"loss_tokens_per_s": 100.0},
-        "config": {"train": train, "quant": {"type": "nf4"}, "data": {"max_seq_len": 2048}},
-    }
-    shape, setting = shape_from_record(model), setting_from_record(rec)
+    rec = _llama3_8b_record(train)
+    shape, setting = shape_from_record(rec["model"]), setting_from_record(rec)
     spread = predict_peak_gib(shape, setting)["total"]
     top = predict_peak_gib(shape, replace(setting, kept_layers="top"))["total"]
     assert top < spread
