@@ -3,6 +3,7 @@
 import gc
 import hashlib
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -312,8 +313,6 @@ def forget_optimizer_overrides() -> int:
     loaded its own base left its embedding table on the GPU (H200, llama3-8b: the plain trial's
     fp32 table, 1.96 GiB, at the peak of every later trial in the process; seventeenth round).
     Returns how many were dropped."""
-    import sys
-
     optim = sys.modules.get("bitsandbytes.optim")
     if optim is None:
         return 0
