@@ -200,6 +200,10 @@ class TrainConfig:
     # spread: the layers not recomputed evenly over the depth | top: the last ones, whose saved
     # activations backward frees before any recompute starts (same math, a lower peak)
     kept_layers: str = "spread"
+    # of the layers checkpoint_fraction takes off the GPU, this many keep their saved tensors in
+    # pinned host memory (copied out in forward, back ahead of backward) instead of recomputing
+    # (CUDA; harness/host_layers.py)
+    host_layers: int = 0
     slim_activations: bool = False  # kept layers save norm/SwiGLU inputs only (harness/slim.py)
     kernels: str = "none"  # none | liger: Triton RMSNorm + SwiGLU (CUDA)
     lora_kernel: str = "peft"  # peft | fused: one autograd op for the LoRA branch
@@ -255,6 +259,11 @@ class TrainConfig:
         if self.checkpoint_fraction is not None and not 0 < self.checkpoint_fraction <= 1:
             raise ConfigError("train.checkpoint_fraction", self.checkpoint_fraction, "in (0, 1]")
         _one_of("train.kept_layers", self.kept_layers, KEPT_LAYERS)
+        if not isinstance(self.host_layers, int) or self.host_layers < 0:
+            raise ConfigError("train.host_layers", self.host_layers, "must be an integer >= 0")
+        if self.host_layers and self.checkpointing not in ("selective", "offload"):
+            why = "takes layers that train.checkpointing=selective or offload would recompute"
+            raise ConfigError("train.host_layers", self.host_layers, why)
         _one_of("train.kernels", self.kernels, KERNELS)
         _one_of("train.lora_kernel", self.lora_kernel, LORA_KERNELS)
         _one_of("train.dequant_kernel", self.dequant_kernel, DEQUANT_KERNELS)

@@ -11,6 +11,8 @@ a sweep's pool never carries the previous trial's choice.
     train.checkpointing=selective recompute train.checkpoint_fraction of the decoder layers
     train.checkpointing=offload   the same (default: every layer), their inputs in host memory
     train.kept_layers=top         the layers not recomputed are the last ones, not spread out
+    train.host_layers=N           N of the layers to recompute keep their saved tensors in pinned
+                                  host memory instead (harness/host_layers.py)
     train.slim_activations=true   layers not recomputed keep norm/SwiGLU inputs only (slim.py)
     train.embeddings_on_cpu=true  the frozen input embedding table in host memory
     train.head_on_cpu=true        the frozen LM head in pinned host memory, streamed in per forward
@@ -33,15 +35,18 @@ import types
 import torch
 from torch import nn
 
-from harness import lora_op, offload, residual, slim
+from harness import host_layers, lora_op, offload, residual, slim
 from harness.config import TrainConfig, recompute_fraction
 from harness.errors import ConfigError
 
 _MARK = "_harness_lever"  # set on modules whose forward this module replaced
 
 
-def check(tcfg: TrainConfig, device: str) -> None:
-    """Refuse, before any model is loaded, levers this device cannot run."""
+def check(tcfg: TrainConfig, device: str, num_layers: int | None = None) -> None:
+    """Refuse, before any model is loaded, levers this device cannot run (and, given the model's
+    depth, more host layers than there are layers to recompute)."""
+    if num_layers is not None:
+        host_positions(num_layers, tcfg)
     if tcfg.kernels == "liger":
         if not device.startswith("cuda"):
             raise ConfigError("train.kernels", "liger", "Triton kernels need CUDA; allowed: none")
@@ -54,6 +59,7 @@ def check(tcfg: TrainConfig, device: str) -> None:
     cuda_only = {
         "train.dequant_kernel": tcfg.dequant_kernel == "triton" and "triton",
         "train.checkpointing": tcfg.checkpointing == "offload" and "offload",
+        "train.host_layers": tcfg.host_layers,
         "train.embeddings_on_cpu": tcfg.embeddings_on_cpu,
         "train.head_on_cpu": tcfg.head_on_cpu,
         "train.expandable_segments": tcfg.expandable_segments,
@@ -73,9 +79,7 @@ def apply(model, tcfg: TrainConfig, *, compute_dtype: torch.dtype) -> dict:
     applied["lora_fused"], applied["dequant_triton"] = _lora_kernel(
         model, tcfg.lora_kernel, tcfg.dequant_kernel
     )
-    applied.update(
-        _checkpointing(model, tcfg.checkpointing, tcfg.checkpoint_fraction, tcfg.kept_layers)
-    )
+    applied.update(_checkpointing(model, tcfg))
     wide = tcfg.residual_dtype == "fp32" and tcfg.frozen_dtype != "fp32"
     # before _slim: slim's norm hooks must come after the residual's own
     fused = tcfg.lora_kernel == "fused"
@@ -259,12 +263,29 @@ def _decoder_layers(model) -> list:
     return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
 
 
-def _checkpointing(model, mode: str, fraction: float | None, kept_layers: str = "spread") -> dict:
-    """Set each decoder layer's checkpointing flag. attach_adapter enabled checkpointing on all
-    layers (any mode but none); a pooled base may still carry the previous trial's flags."""
+def host_positions(n: int, tcfg: TrainConfig) -> tuple[set[int], set[int]]:
+    """(recomputed, host): of the layers `checkpoint_fraction` would recompute, `host_layers`
+    spread evenly over them (centred: each copy has compute on both sides) keep their saved
+    tensors in host memory; the others are recomputed."""
+    mode = tcfg.checkpointing
+    chosen = sorted(recomputed_layers(n, recompute_fraction(mode, tcfg.checkpoint_fraction),
+                                      tcfg.kept_layers))  # fmt: skip
+    h = tcfg.host_layers
+    if h > len(chosen):
+        why = (f"at most the {len(chosen)} of {n} layers that train.checkpoint_fraction="
+               f"{tcfg.checkpoint_fraction} takes off the GPU")  # fmt: skip
+        raise ConfigError("train.host_layers", h, why)
+    host = {chosen[math.floor((i + 0.5) * len(chosen) / h)] for i in range(h)}
+    return set(chosen) - host, host
+
+
+def _checkpointing(model, tcfg: TrainConfig) -> dict:
+    """Set each decoder layer's checkpointing flag and host-layer state. attach_adapter enabled
+    checkpointing on all layers (any mode but none); a pooled base may still carry the previous
+    trial's flags."""
     layers = _decoder_layers(model)
-    n = len(layers)
-    chosen = recomputed_layers(n, recompute_fraction(mode, fraction), kept_layers)
+    n, mode = len(layers), tcfg.checkpointing
+    chosen, host = host_positions(n, tcfg)
     for i, layer in enumerate(layers):
         layer.gradient_checkpointing = i in chosen and hasattr(
             layer, "_gradient_checkpointing_func"
@@ -275,7 +296,8 @@ def _checkpointing(model, mode: str, fraction: float | None, kept_layers: str = 
                 offload.offloaded_checkpoint if mode == "offload" else original
             )
     done = sum(layer.gradient_checkpointing for layer in layers)
-    return {"checkpointed_layers": done, "num_layers": n}
+    return {"checkpointed_layers": done, "num_layers": n,
+            "host_layers": host_layers.apply(layers, host)}  # fmt: skip
 
 
 _HF_SWIGLU_MLPS = ("LlamaMLP", "Qwen2MLP", "MistralMLP")  # down(act(gate(x)) * up(x))
@@ -287,7 +309,7 @@ def _slim(model, on: bool, kernels: str) -> int:
     n = 0
     for layer in _decoder_layers(model):
         _restore(layer)
-        kept = on and not layer.gradient_checkpointing
+        kept = on and not layer.gradient_checkpointing and not host_layers.is_host(layer)
         slim.hook_norms(layer, kept)
         if not kept:
             continue

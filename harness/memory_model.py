@@ -128,6 +128,7 @@ def setting_from_config(cfg: dict[str, Any], *, chunked_loss: bool = False) -> S
         checkpoint_fraction=_fraction(t.get("checkpoint_fraction", base.checkpoint_fraction)),
         slim_activations=bool(t.get("slim_activations", base.slim_activations)),
         kept_layers=str(t.get("kept_layers", base.kept_layers)),
+        host_layers=int(t.get("host_layers", base.host_layers) or 0),
         embeddings_on_cpu=bool(t.get("embeddings_on_cpu", base.embeddings_on_cpu)),
         head_on_cpu=bool(t.get("head_on_cpu", base.head_on_cpu)),
         chunked_loss=chunked_loss,

@@ -115,6 +115,7 @@ class Setting:
     lora_kernel: str = "peft"  # peft | fused: one op per adapted Linear, input saved once, no mask
     checkpoint_fraction: float | None = None  # selective (null: 0.5) / offload (null: 1.0)
     kept_layers: str = "spread"  # spread | top: where the layers not recomputed sit
+    host_layers: int = 0  # of the layers taken off the GPU, those kept in host memory
     slim_activations: bool = False  # kept layers keep norm/SwiGLU inputs, not outputs
     embeddings_on_cpu: bool = False  # the (untied) input embedding table in host memory
     head_on_cpu: bool = False  # the (untied) LM head in host memory, on the GPU forward to loss
@@ -237,7 +238,10 @@ def activation_bytes(shape: Shape, s: Setting) -> float:
     # (llama3-8b b4: 1 GiB; H200, with train.causal_padding: -0.89 to -1.29 GiB reserved on three
     # selective settings, none on full offload: BENCHMARKS.md, fourteenth round).
     mask = 2.0 * s.batch_size * shape.num_heads * s.seq_len**2 if s.causal_padding else 0.0
-    keep = layer * tokens
+    # host layers (train.host_layers): their saved tensors in host memory; one is on the GPU at a
+    # time beyond the recompute's working set, fetched ahead of its backward
+    host = layer * tokens if s.host_layers and s.checkpointing in ("selective", "offload") else 0.0
+    keep = layer * tokens + host
     if s.checkpointing in ("selective", "offload") and k < n:
         # Two candidate peaks. At the loss: every kept layer's activations, and a streamed LM head
         # (static_bytes leaves it out). In backward, recomputing the top recomputed layer: one
@@ -246,11 +250,11 @@ def activation_bytes(shape: Shape, s: Setting) -> float:
         # H200 llama3-8b b4: 6 kept, spread or top, 13.86 GiB allocated both (sixteenth round).
         head = 2.0 * shape.vocab_size * h if s.head_on_cpu and not shape.tie_embeddings else 0.0
         below = 0 if s.kept_layers == "top" else n - k - 1
-        keep = max((n - k) * slim * tokens + head - mask, (below * slim + layer) * tokens)
+        keep = max((n - k) * slim * tokens + head - mask, (below * slim + layer) * tokens + host)
     total = {
         "none": n * slim * tokens - mask,
         "full": (n * boundary + layer) * tokens,
-        "selective": k * boundary * tokens + keep,
+        "selective": (k - (s.host_layers if host else 0)) * boundary * tokens + keep,
         "offload": 2 * boundary * tokens + keep,
     }.get(s.checkpointing, n * layer * tokens)
     return max(total, 0.0)

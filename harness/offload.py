@@ -35,11 +35,18 @@ def _side_stream(device: torch.device) -> torch.cuda.Stream:
 
 def _pinned(shape, dtype) -> torch.Tensor:
     """A pinned host buffer: one whose copy back to the GPU has finished, else a new one (the
-    check is a query, never a wait: the host keeps queueing kernels ahead of the GPU)."""
-    for pair in [p for p in _IN_FLIGHT if p[0].query()]:
-        _IN_FLIGHT.remove(pair)
-        _PINNED.setdefault((tuple(pair[1].shape), pair[1].dtype), []).append(pair[1])
+    check is a query, never a wait: the host keeps queueing kernels ahead of the GPU; buffers
+    that share a copy's event are checked once)."""
     free = _PINNED.setdefault((tuple(shape), dtype), [])
+    if not free and _IN_FLIGHT:
+        done: dict[int, bool] = {}
+        still = []
+        for event, host in _IN_FLIGHT:
+            if done.setdefault(id(event), event.query()):
+                _PINNED.setdefault((tuple(host.shape), host.dtype), []).append(host)
+            else:
+                still.append((event, host))
+        _IN_FLIGHT[:] = still
     return free.pop() if free else torch.empty(shape, dtype=dtype, pin_memory=True)
 
 

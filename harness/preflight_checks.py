@@ -80,7 +80,7 @@ def preflight(cfg: TrialConfig) -> Plan:
     hf_config = models.model_hf_config(cfg.model)
     targets = models.resolve_targets(cfg.lora, models.linear_module_names(hf_config))
     check_quant(cfg.quant, device)
-    levers.check(cfg.train, device)
+    levers.check(cfg.train, device, num_layers=getattr(hf_config, "num_hidden_layers", None))
     optimizer = choose_optimizer(cfg.optim, device)
     train_examples, heldout_examples = data_mod.load_examples(cfg.data)
     data_dir = Path(cfg.eval.data_dir) if cfg.eval.data_dir else shared_data_dir()

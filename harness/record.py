@@ -101,18 +101,20 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-BEFORE_THE_KEY = {"causal_padding": False, "kept_layers": "spread", "gc_freeze": False}
+BEFORE_THE_KEY = {"causal_padding": False, "kept_layers": "spread", "gc_freeze": False,
+                  "host_layers": 0}  # fmt: skip
 
 
 def effective_train(rec: dict) -> dict:
     """The record's train config with `checkpoint_fraction` as the trial ran it: the share of
-    layers its levers recomputed. Records from before offload took a fraction carry the old
-    default 0.5 beside `checkpointing: offload`, which then recomputed every layer. Levers added
+    layers its levers took off the GPU (recomputed, or host layers). Records from before offload
+    took a fraction carry the old default 0.5 beside `checkpointing: offload`, which then
+    recomputed every layer. Levers added
     after a record was written take the value that record's code ran with (a pinned config
     reruns it as it ran, not as a newer preset would)."""
     train = {**BEFORE_THE_KEY, **dict((rec.get("config") or {}).get("train") or {})}
     lev = rec.get("levers") or {}
     n, done = lev.get("num_layers"), lev.get("checkpointed_layers")
     if train.get("checkpointing") in ("selective", "offload") and n and done is not None:
-        train["checkpoint_fraction"] = done / n
+        train["checkpoint_fraction"] = (done + (lev.get("host_layers") or 0)) / n
     return train
