@@ -8,8 +8,8 @@ h200_v4_d, which have no plain row, ran right after h200_v3_a, h200_v4_a and h20
 device call on the same machine and take their reference from there (REFERENCE); so do h200_v5_a
 and h200_v5_b (h200_v5_c, the same call) and the fifth round's final sweeps, one process per
 configuration (h200_v5_plain), as are the sixth and seventh rounds' (h200_v6_*, h200_v7_*: each
-against its own call's plain process) and the ninth, tenth, twelfth to sixteenth
-(h200_v9_*, h200_v10_*, h200_v12_* to h200_v16_*); h200_v11's
+against its own call's plain process) and the ninth, tenth, twelfth to sixteenth, eighteenth and
+nineteenth (h200_v9_*, h200_v10_*, h200_v12_* to h200_v16_*, h200_v18_*, h200_v19_*); h200_v11's
 one process ran in the next call of the same session and takes h200_v10_plain's. Any other sweep
 without a plain row gets no ratio.
 "offload 19/32": 19 of the 32 layers recomputed; "slim 12": 12 slim layers (h200_v5_a/b: the
@@ -26,6 +26,9 @@ FINAL = ("h200_v5_plain", "h200_v5_hybrid", "h200_v5_lean", "h200_v5_fast")  # o
 V16 = ("h200_v16_plain", "h200_v16_fast_gc", "h200_v16_fast_top", "h200_v16_lean_top_k3",
        "h200_v16_fast_top_075", "h200_v16_lean_top_k4_slim",
        "h200_v16_lean_top_k5_slim")  # fmt: skip  # k5: OOM under its cap (a result, no row)
+V19 = ("h200_v19_plain", "h200_v19_fast", "h200_v19_fast_host6", "h200_v19_lean4_host6",
+       "h200_v19_fast_host12", "h200_v19_lean4_host10")  # fmt: skip
+V18 = ("h200_v18_plain", "h200_v18_exact_lean")
 V17 = ("h200_v17_fp4", "h200_v17_b1", "h200_v17_qwen_b4", "h200_v17_qwen_b1", "h200_v17_smollm2_b4")
 V15 = ("h200_v15_plain", "h200_v15_fast", "h200_v15_exact", "h200_v15_lean_gpuhead_cap82",
        "h200_v15_exact_lean", "h200_v15_lean_gpuhead_k1_cap82")  # fmt: skip
@@ -41,10 +44,11 @@ V9 = ("h200_v9_plain", "h200_v9_fast_head_075", "h200_v9_fast_head_072", "h200_v
 V7 = ("h200_v7_plain", "h200_v7_fast", "h200_v7_fast_r32", "h200_v7_lean")  # one process each
 V6 = ("h200_v6_plain", "h200_v6_fast", "h200_v6_fast_r32", "h200_v6_hybrid_r32",
       "h200_v6_lean_r32")  # fmt: skip
-SWEEPS = (*V16, *V15, *V14, *V13, *V12, *V10, *V9, *V7, *V6, *FINAL, "h200_v5_c", "h200_v5_a",
-          "h200_v5_b", "h200_v4_c", "h200_v4_d", "h200_v4_a", "h200_v4_b",
-          *V17, "h200_v3_a", "h200_v3_b", "h200_v3_b1", "h200_v3_fp4", "h200_v3_qwen_b4",
-          "h200_v3_qwen_b1", "h200_v3_smollm2_b4", "h200_v2", "h200_b4", "h200_fresh",
+SWEEPS = (*V19, *V18, *V16, *V15, *V14, *V13, *V12, *V10, *V9, *V7, *V6, *FINAL, "h200_v5_c",
+          "h200_v5_a", "h200_v5_b", "h200_v4_c", "h200_v4_d", "h200_v4_a", "h200_v4_b",
+          "h200_v18_qwen_b4", *V17, "h200_v3_a", "h200_v3_b", "h200_v3_b1", "h200_v3_fp4",
+          "h200_v3_qwen_b4", "h200_v3_qwen_b1", "h200_v3_smollm2_b4", "h200_v2", "h200_b4",
+          "h200_fresh",
           "b4_presets", "b4_factorial", "b4_fraction", "b4_fp4", "b1_presets", "qwen_b4",
           "qwen_b1", "smollm2_b4")  # fmt: skip
 LEVERS = {"kernels": "liger", "lora_kernel": "fused", "frozen_dtype": "bf16"}
@@ -69,6 +73,8 @@ REFERENCE = {
     **{sweep: "h200_v14_plain" for sweep in V14[1:]},
     **{sweep: "h200_v15_plain" for sweep in V15[1:]},
     **{sweep: "h200_v16_plain" for sweep in V16[1:]},
+    **{sweep: "h200_v18_plain" for sweep in V18[1:]},
+    **{sweep: "h200_v19_plain" for sweep in V19[1:]},
 }  # sweep -> the sweep whose plain rows it is compared with
 
 
@@ -84,6 +90,7 @@ def setting(rec: dict) -> str:
     on = [f"slim {slim_n}" if v == "slim" and slim_n is not None else v for v in on]
     on += ["dq"] if (rec.get("levers") or {}).get("dequant_triton") else []  # Triton dequant
     lev = rec.get("levers") or {}
+    on += [f"host {lev['host_layers']}"] if lev.get("host_layers") else []  # train.host_layers
     n, done = lev.get("num_layers"), lev.get("checkpointed_layers")
     part = f" {done}/{n}" if n and done is not None and done < n else ""  # recomputed of all
     frac = recompute_fraction("selective", t.get("checkpoint_fraction"))
@@ -98,7 +105,10 @@ def setting(rec: dict) -> str:
 
 def _is_preset(rec: dict) -> bool:
     over = " ".join(rec.get("overrides") or [])
-    return not any(f"train.{k}=" in over for k in (*LEVERS, *FLAGS, *VALUED, "checkpoint_fraction"))
+    return not any(
+        f"train.{k}=" in over
+        for k in (*LEVERS, *FLAGS, *VALUED, "checkpoint_fraction", "host_layers")
+    )
 
 
 def _records(sweep: str) -> list[dict]:
