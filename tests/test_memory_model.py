@@ -258,3 +258,27 @@ def test_kept_layers_at_the_top_peak_at_the_larger_side_not_the_sum() -> None:
         assert activation_bytes(LLAMA3_8B, s) == activation_bytes(
             LLAMA3_8B, replace(s, kept_layers="top")
         )
+
+
+def test_host_layers_add_one_fetched_layer_to_the_backward_side_only() -> None:
+    """train.host_layers: the host layers' saved tensors live in host memory; one at a time comes
+    back beside the recompute working set. The fast preset peaks at the loss (6 full kept
+    layers): host layers leave its peak; lean with every layer off the GPU peaks in backward: one
+    layer more. A record reads back with the layers its levers took off the GPU."""
+    from harness.memory_model import setting_from_record
+
+    fast = replace(QLORA, checkpointing="selective", checkpoint_fraction=0.8125, batch_size=4,
+                   lora_kernel="fused", kernels="liger", kept_layers="top")  # fmt: skip
+    one_layer = activation_bytes(LLAMA3_8B, replace(fast, checkpointing="none")) / 32
+    boundary = 2.0 * LLAMA3_8B.hidden_size * 4 * 2048
+    fast_host = activation_bytes(LLAMA3_8B, replace(fast, host_layers=6))
+    assert fast_host == pytest.approx(activation_bytes(LLAMA3_8B, fast) - 6 * boundary)
+    lean = replace(fast, checkpointing="offload", checkpoint_fraction=None)
+    assert activation_bytes(LLAMA3_8B, replace(lean, host_layers=6)) == pytest.approx(
+        activation_bytes(LLAMA3_8B, lean) + one_layer
+    )
+    rec = {"config": {"train": {"checkpointing": "offload", "checkpoint_fraction": 0.875,
+                                "host_layers": 6}, "quant": {"type": "nf4"}},
+           "levers": {"checkpointed_layers": 22, "host_layers": 6, "num_layers": 32}}  # fmt: skip
+    s = setting_from_record(rec)
+    assert (s.checkpoint_fraction, s.host_layers) == (28 / 32, 6)
