@@ -8,8 +8,8 @@ h200_v4_d, which have no plain row, ran right after h200_v3_a, h200_v4_a and h20
 device call on the same machine and take their reference from there (REFERENCE); so do h200_v5_a
 and h200_v5_b (h200_v5_c, the same call) and the fifth round's final sweeps, one process per
 configuration (h200_v5_plain), as are the sixth and seventh rounds' (h200_v6_*, h200_v7_*: each
-against its own call's plain process) and the ninth, tenth, twelfth to sixteenth, eighteenth and
-nineteenth (h200_v9_*, h200_v10_*, h200_v12_* to h200_v16_*, h200_v18_*, h200_v19_*); h200_v11's
+against its own call's plain process) and the ninth, tenth, twelfth to sixteenth, eighteenth to
+twentieth (h200_v9_*, h200_v10_*, h200_v12_* to h200_v16_*, h200_v18_* to h200_v20_*); h200_v11's
 one process ran in the next call of the same session and takes h200_v10_plain's. Any other sweep
 without a plain row gets no ratio.
 "offload 19/32": 19 of the 32 layers recomputed; "slim 12": 12 slim layers (h200_v5_a/b: the
@@ -29,6 +29,8 @@ V16 = ("h200_v16_plain", "h200_v16_fast_gc", "h200_v16_fast_top", "h200_v16_lean
 V19 = ("h200_v19_plain", "h200_v19_fast", "h200_v19_fast_host6", "h200_v19_lean4_host6",
        "h200_v19_fast_host12", "h200_v19_lean4_host10")  # fmt: skip
 V18 = ("h200_v18_plain", "h200_v18_exact_lean")
+V20 = ("h200_v20_plain", "h200_v20_fast_host6", "h200_v20_fast_host6_cap142", "h200_v20_fast_host4",
+       "h200_v20_lean4_host2")  # fmt: skip
 V17 = ("h200_v17_fp4", "h200_v17_b1", "h200_v17_qwen_b4", "h200_v17_qwen_b1", "h200_v17_smollm2_b4")
 V15 = ("h200_v15_plain", "h200_v15_fast", "h200_v15_exact", "h200_v15_lean_gpuhead_cap82",
        "h200_v15_exact_lean", "h200_v15_lean_gpuhead_k1_cap82")  # fmt: skip
@@ -44,7 +46,7 @@ V9 = ("h200_v9_plain", "h200_v9_fast_head_075", "h200_v9_fast_head_072", "h200_v
 V7 = ("h200_v7_plain", "h200_v7_fast", "h200_v7_fast_r32", "h200_v7_lean")  # one process each
 V6 = ("h200_v6_plain", "h200_v6_fast", "h200_v6_fast_r32", "h200_v6_hybrid_r32",
       "h200_v6_lean_r32")  # fmt: skip
-SWEEPS = (*V19, *V18, *V16, *V15, *V14, *V13, *V12, *V10, *V9, *V7, *V6, *FINAL, "h200_v5_c",
+SWEEPS = (*V20, *V19, *V18, *V16, *V15, *V14, *V13, *V12, *V10, *V9, *V7, *V6, *FINAL, "h200_v5_c",
           "h200_v5_a", "h200_v5_b", "h200_v4_c", "h200_v4_d", "h200_v4_a", "h200_v4_b",
           "h200_v18_qwen_b4", *V17, "h200_v3_a", "h200_v3_b", "h200_v3_b1", "h200_v3_fp4",
           "h200_v3_qwen_b4", "h200_v3_qwen_b1", "h200_v3_smollm2_b4", "h200_v2", "h200_b4",
@@ -75,6 +77,7 @@ REFERENCE = {
     **{sweep: "h200_v16_plain" for sweep in V16[1:]},
     **{sweep: "h200_v18_plain" for sweep in V18[1:]},
     **{sweep: "h200_v19_plain" for sweep in V19[1:]},
+    **{sweep: "h200_v20_plain" for sweep in V20[1:]},
 }  # sweep -> the sweep whose plain rows it is compared with
 
 
