@@ -239,8 +239,14 @@ def activation_bytes(shape: Shape, s: Setting) -> float:
     # selective settings, none on full offload: BENCHMARKS.md, fourteenth round).
     mask = 2.0 * s.batch_size * shape.num_heads * s.seq_len**2 if s.causal_padding else 0.0
     # host layers (train.host_layers): their saved tensors in host memory; one is on the GPU at a
-    # time beyond the recompute's working set, fetched ahead of its backward
-    host = layer * tokens if s.host_layers and s.checkpointing in ("selective", "offload") else 0.0
+    # time beyond the recompute's working set, fetched ahead of its backward. Their parking copies
+    # (~22 ms a llama3-8b b4 layer at ~50 GB/s) outlast the next layers' forward; the blocks they
+    # read are not handed out again until they have run, so the allocator reserves new ones. H200,
+    # fast + 4 / 6 / 12 host layers: reserved - allocated 1.28 / 2.34-3.27 / 6.77 GiB (the fast
+    # preset alone 0.27): half a layer per host layer (a cap removes it: BENCHMARKS.md).
+    off_gpu = s.checkpointing in ("selective", "offload")
+    host = layer * tokens if s.host_layers and off_gpu else 0.0
+    in_flight = 0.5 * s.host_layers * layer * tokens if host and s.memory_cap_gib is None else 0.0
     keep = layer * tokens + host
     if s.checkpointing in ("selective", "offload") and k < n:
         # Two candidate peaks. At the loss: every kept layer's activations, and a streamed LM head
@@ -257,7 +263,7 @@ def activation_bytes(shape: Shape, s: Setting) -> float:
         "selective": (k - (s.host_layers if host else 0)) * boundary * tokens + keep,
         "offload": 2 * boundary * tokens + keep,
     }.get(s.checkpointing, n * layer * tokens)
-    return max(total, 0.0)
+    return max(total + in_flight, 0.0)
 
 
 def logits_bytes(shape: Shape, s: Setting) -> float:

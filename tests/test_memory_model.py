@@ -264,18 +264,24 @@ def test_host_layers_add_one_fetched_layer_to_the_backward_side_only() -> None:
     """train.host_layers: the host layers' saved tensors live in host memory; one at a time comes
     back beside the recompute working set. The fast preset peaks at the loss (6 full kept
     layers): host layers leave its peak; lean with every layer off the GPU peaks in backward: one
-    layer more. A record reads back with the layers its levers took off the GPU."""
+    layer more. Without a memory cap the allocator reserves beside the blocks that parking copies
+    still read. A record reads back with the layers its levers took off the GPU."""
     from harness.memory_model import setting_from_record
 
     fast = replace(QLORA, checkpointing="selective", checkpoint_fraction=0.8125, batch_size=4,
                    lora_kernel="fused", kernels="liger", kept_layers="top")  # fmt: skip
     one_layer = activation_bytes(LLAMA3_8B, replace(fast, checkpointing="none")) / 32
     boundary = 2.0 * LLAMA3_8B.hidden_size * 4 * 2048
-    fast_host = activation_bytes(LLAMA3_8B, replace(fast, host_layers=6))
-    assert fast_host == pytest.approx(activation_bytes(LLAMA3_8B, fast) - 6 * boundary)
-    lean = replace(fast, checkpointing="offload", checkpoint_fraction=None)
+    capped = replace(fast, memory_cap_gib=20.0)  # a cap: no blocks reserved beside in-flight copies
+    fast_host = activation_bytes(LLAMA3_8B, replace(capped, host_layers=6))
+    assert fast_host == pytest.approx(activation_bytes(LLAMA3_8B, capped) - 6 * boundary)
+    lean = replace(capped, checkpointing="offload", checkpoint_fraction=None)
     assert activation_bytes(LLAMA3_8B, replace(lean, host_layers=6)) == pytest.approx(
         activation_bytes(LLAMA3_8B, lean) + one_layer
+    )
+    # uncapped, the blocks the parking copies still read: half a layer per host layer (H200)
+    assert activation_bytes(LLAMA3_8B, replace(fast, host_layers=6)) == pytest.approx(
+        fast_host + 3 * one_layer
     )
     rec = {"config": {"train": {"checkpointing": "offload", "checkpoint_fraction": 0.875,
                                 "host_layers": 6}, "quant": {"type": "nf4"}},
