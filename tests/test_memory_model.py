@@ -288,3 +288,7 @@ def test_host_layers_add_one_fetched_layer_to_the_backward_side_only() -> None:
            "levers": {"checkpointed_layers": 22, "host_layers": 6, "num_layers": 32}}  # fmt: skip
     s = setting_from_record(rec)
     assert (s.checkpoint_fraction, s.host_layers) == (28 / 32, 6)
+    from harness.pick_pin import experiment_yaml  # a pinned rerun: the same 28 off the GPU
+
+    pinned = experiment_yaml(rec, name="x", command="pick")
+    assert "checkpoint_fraction: 0.875" in pinned and "host_layers: 6" in pinned
