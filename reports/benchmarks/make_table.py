@@ -190,12 +190,12 @@ def markdown(table: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-NEWEST = {  # the sixteenth round, one process per configuration, labelled on the plot
-    "h200_v16_plain": ("plain", "o"),
-    "h200_v16_fast_top": ("fast preset (gc_freeze, kept top)", ">"),
-    "h200_v16_fast_top_075": ("fast preset, 8 kept", "P"),
-    "h200_v16_lean_top_k4_slim": ("lean, 4 slim kept, cap 8.2", "X"),
-    "h200_v16_lean_top_k3": ("lean, 3 kept, cap 8.2", "<"),
+NEWEST = {  # the twentieth round, one process per configuration, labelled on the plot
+    "h200_v20_plain": ("plain", "o"),
+    "h200_v20_fast_host6_cap142": ("fast + 6 host layers, cap 14.2", ">"),
+    "h200_v20_fast_host6": ("fast + 6 host layers", "P"),
+    "h200_v20_fast_host4": ("fast + 4 host layers", "D"),
+    "h200_v20_lean4_host2": ("lean, 4 slim kept + 2 host layers, cap 8.2", "X"),
 }
 
 
@@ -212,13 +212,13 @@ def plot(table: list[dict], path: Path) -> None:
              and r["batch"] == 4 and r["quant"] == "nf4"
              and r["sweep"] not in NEWEST and not r["sweep"].startswith("h200_v17")]  # fmt: skip
     ax.scatter([r["reserved_gib"] for r in older], [r["tokens_per_s"] for r in older], s=14,
-               c="lightgrey", label="earlier H200 rounds (v2-v15)")  # fmt: skip
+               c="lightgrey", label="earlier H200 rounds (v2-v19)")  # fmt: skip
     for sweep, (label, marker) in NEWEST.items():
         pts = [r for r in table if r["sweep"] == sweep]
         for r in pts:
             ax.scatter(r["reserved_gib"], r["tokens_per_s"], marker=marker, s=90,
                        label=f"{label}: {r['speed_x']:.2f}x at {r['memory_x']:.2f}x")  # fmt: skip
-    ref = next((r for r in table if r["sweep"] == "h200_v16_plain"), None)
+    ref = next((r for r in table if r["sweep"] == "h200_v20_plain"), None)
     if ref:  # the targets against the same call's plain reference
         tok, gib = ref["tokens_per_s"], ref["reserved_gib"]
         ax.axhline(2 * tok, ls="--", lw=0.8, c="grey")
@@ -229,7 +229,7 @@ def plot(table: list[dict], path: Path) -> None:
         for x, label in ((gib, "plain reserved"), (0.4 * gib, "0.4x"), (0.5 * gib, "0.5x")):
             ax.annotate(label, (x, 13600), fontsize=7, color="grey", rotation=90, ha="right")
     ax.set(xlabel="peak reserved VRAM, train phase (GiB)", ylabel="tokens/s (all tokens)",
-           title="llama3-8b shape, nf4, seq 2048, batch 4, H200 (v16)")  # fmt: skip
+           title="llama3-8b shape, nf4, seq 2048, batch 4, H200 (v20)")  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
