@@ -68,6 +68,8 @@ BAD = [
     (["data=alpaca", "data.path=/nonexistent/alpaca.json"], "/nonexistent/alpaca.json"),
     (["model=local", "model.path=/nonexistent/model"], "model.path='/nonexistent/model'"),
     (["optim=adamw_torch", "optim.name=lion"], "optim.name='lion'"),
+    (["train.host_layers=2"], "train.host_layers=2"),  # full recompute: none to take
+    (["train.checkpointing=selective", "train.host_layers=99"], "at most the 15 of 30 layers"),
 ]
 
 
