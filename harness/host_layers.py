@@ -28,7 +28,7 @@ from harness import offload
 
 AHEAD = 2  # backward of layer j starts the copy back of host layers j .. j - AHEAD
 MIN_BYTES = 1 << 20  # smaller saved tensors stay on the GPU (rotary tables, LoRA's [N, r], stats)
-_MARK = "_harness_host"  # on a decoder layer: {"pos", "cls", "params"}
+_MARK = "_harness_host"  # on a decoder layer: {"pos", "cls", "host", "params", "device"}
 _PARKED: dict[int, "_Group"] = {}  # layer position -> the group its last forward parked
 _D2H: dict[int, torch.cuda.Stream] = {}
 _CLASSES: dict[type, type] = {}
@@ -48,10 +48,10 @@ def _layout(t: torch.Tensor) -> list[int] | None:
 
 
 class _Packet:
-    __slots__ = ("group", "index", "order")
+    __slots__ = ("index", "order")
 
-    def __init__(self, group: "_Group", index: int, order: list[int]):
-        self.group, self.index, self.order = group, index, order
+    def __init__(self, index: int, order: list[int]):
+        self.index, self.order = index, order
 
 
 class _Group:
@@ -75,7 +75,7 @@ class _Group:
         if order is None:
             return t
         dense = t.detach().permute(order)
-        packet = _Packet(self, len(self.host), order)
+        packet = _Packet(len(self.host), order)
         self.seen[key] = (t, packet)  # t stays alive while the layer's forward runs
         if not t.is_cuda:  # the CPU (tests): a copy, as the GPU path's round trip makes one
             self.host.append(dense.clone())

@@ -37,7 +37,7 @@ from torch import nn
 from harness import host_layers, lora_op, offload, residual, slim
 from harness.config import TrainConfig
 from harness.errors import ConfigError
-from harness.layer_plan import host_positions, recomputed_layers, spread  # noqa: F401
+from harness.layer_plan import host_positions
 
 _MARK = "_harness_lever"  # set on modules whose forward this module replaced
 

@@ -8,7 +8,7 @@ import torch
 from conftest import requires_cuda
 from test_levers import _apply, _loss_and_grads, _tiny_peft
 
-from harness import host_layers, levers
+from harness import host_layers, layer_plan, levers
 from harness.config import TrainConfig
 from harness.errors import ConfigError
 
@@ -27,7 +27,7 @@ def _checkpointed(layers: int = 4, dropout: float = 0.0, tied: bool = True):
 
 def test_host_positions_spread_over_the_layers_to_recompute_and_are_checked_early():
     def plan(**train):
-        return levers.host_positions(32, TrainConfig(checkpointing="offload", **train))
+        return layer_plan.host_positions(32, TrainConfig(checkpointing="offload", **train))
 
     recomputed, host = plan(checkpoint_fraction=0.875, kept_layers="top", host_layers=4)
     assert host == {3, 10, 17, 24} and recomputed == set(range(28)) - host

@@ -16,7 +16,7 @@ from conftest import (
     run_harness,
 )
 
-from harness import levers, lora_op, offload
+from harness import layer_plan, levers, lora_op, offload
 from harness.config import TrainConfig, to_trial_config
 from harness.errors import ConfigError
 from harness.measure import frozen_heap
@@ -109,22 +109,22 @@ def test_checkpointing_modes_leave_loss_and_gradients_unchanged(mode):
 
 
 def test_selective_spreads_the_recomputed_layers_over_the_depth():
-    chosen = sorted(levers.spread(32, 0.75))
+    chosen = sorted(layer_plan.spread(32, 0.75))
     assert len(chosen) == 24 and chosen[0] == 0
     gaps = [b - a for a, b in zip(chosen[:-1], chosen[1:], strict=True)]
     assert max(gaps) == 2  # no run of kept layers
-    assert levers.spread(28, 0.5) == set(range(0, 28, 2))
-    assert levers.spread(2, 0.1) == {0}  # at least one
+    assert layer_plan.spread(28, 0.5) == set(range(0, 28, 2))
+    assert layer_plan.spread(2, 0.1) == {0}  # at least one
 
 
 def test_kept_layers_top_recomputes_the_first_layers_and_keeps_the_last():
-    assert levers.recomputed_layers(32, 0.8125, "top") == set(range(26))
-    assert levers.recomputed_layers(32, 0.8125, "spread") == levers.spread(32, 0.8125)
-    assert levers.recomputed_layers(32, 0.8125, "spread") != set(range(26))
+    assert layer_plan.recomputed_layers(32, 0.8125, "top") == set(range(26))
+    assert layer_plan.recomputed_layers(32, 0.8125, "spread") == layer_plan.spread(32, 0.8125)
+    assert layer_plan.recomputed_layers(32, 0.8125, "spread") != set(range(26))
     for placement in ("top", "spread"):
-        assert levers.recomputed_layers(32, 1.0, placement) == set(range(32))
-        assert levers.recomputed_layers(32, 0.0, placement) == set()
-        assert levers.recomputed_layers(32, 0.01, placement) == {0}  # at least one
+        assert layer_plan.recomputed_layers(32, 1.0, placement) == set(range(32))
+        assert layer_plan.recomputed_layers(32, 0.0, placement) == set()
+        assert layer_plan.recomputed_layers(32, 0.01, placement) == {0}  # at least one
     with pytest.raises(ConfigError, match="train.kept_layers.*'bottom'"):
         TrainConfig(kept_layers="bottom")
 
