@@ -205,6 +205,9 @@ class TrainConfig:
     # (CUDA; harness/host_layers.py)
     host_layers: int = 0
     slim_activations: bool = False  # kept layers save norm/SwiGLU inputs only (harness/slim.py)
+    # a recomputed layer skips down_proj's frozen matmul, whose output backward never reads (same
+    # math; llama, qwen2, mistral layers; harness/trim.py)
+    trim_recompute: bool = False
     kernels: str = "none"  # none | liger: Triton RMSNorm + SwiGLU (CUDA)
     lora_kernel: str = "peft"  # peft | fused: one autograd op for the LoRA branch
     dequant_kernel: str = "bnb"  # bnb | triton: 4-bit dequant inside lora_kernel=fused (CUDA)
@@ -270,6 +273,9 @@ class TrainConfig:
         if self.slim_activations and self.lora_kernel != "fused":
             raise ConfigError("train.slim_activations", True, "needs train.lora_kernel=fused "
                               "(the fused op saves the recipe in place of the output)")  # fmt: skip
+        if self.trim_recompute and self.lora_kernel != "fused":
+            raise ConfigError("train.trim_recompute", True, "needs train.lora_kernel=fused "
+                              "(the fused op is what skips the matmul)")  # fmt: skip
         _one_of("train.frozen_dtype", self.frozen_dtype, FROZEN_DTYPES)
         _one_of("train.residual_dtype", self.residual_dtype, RESIDUAL_DTYPES)
         _one_of("train.projection_dtype", self.projection_dtype, PROJECTION_DTYPES)

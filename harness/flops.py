@@ -1,14 +1,16 @@
 """Model FLOPs utilization (MFU) of a trial, against a measured matmul ceiling.
 
     model FLOPs / token   = 6 * N + 6 * L * S * d_attn
-    recompute FLOPs / tok = f * (2 * N_layers + 2 * L * S * d_attn)    (shown apart, not in MFU)
+    recompute FLOPs / tok = f * (2 * N_layers + 2 * L * S * d_attn) - 2 * N_trimmed
+                                                                       (shown apart, not in MFU)
 
 N counts every matmul weight: the decoder's Linear layers, the LM head and the LoRA factors;
 embeddings are lookups, not matmuls. 6N is the usual forward (2N) + backward (4N) count, so it
 credits weight gradients that QLoRA never computes for its frozen weights (the work actually
 needed is nearer 4N): MFU here compares with other reports, not with the chip's peak. The attention
 term is causal: each token attends to (S+1)/2 positions on average, 4 * d_attn FLOPs each
-(QK^T and AV) forward, 3x that forward + backward. f is the share of decoder layers recomputed.
+(QK^T and AV) forward, 3x that forward + backward. f is the share of decoder layers recomputed;
+N_trimmed the down_proj weights those recomputes skip (train.trim_recompute, harness/trim.py).
 
     executed FLOPs / token = 4 * (N_layers + N_head) + 6 * N_lora + 3 * attention + recompute
 
@@ -41,7 +43,7 @@ def matmul_params(hf_config) -> tuple[int, int]:
 
 def utilization(
     hf_config, tokens_per_s: float, *, seq_len: float, lora_params: int, recompute_fraction: float,
-    peak_flops: float = PEAK_FLOPS,
+    recompute_skipped_params: int = 0, peak_flops: float = PEAK_FLOPS,
 ) -> dict[str, float]:  # fmt: skip
     """MFU and its parts for a measured rate of tokens (all tokens of the batch, not only the
     ones that carry loss: every one of them goes through the model)."""
@@ -53,7 +55,7 @@ def utilization(
     )
     attn_fwd = 2 * layers * (seq_len + 1) * d_attn  # causal: 4 * d_attn * (S+1)/2 per layer
     model_flops = 6 * n + 3 * attn_fwd
-    recompute = recompute_fraction * (2 * linear + attn_fwd)
+    recompute = recompute_fraction * (2 * linear + attn_fwd) - 2 * recompute_skipped_params
     executed = 4 * (linear + head) + 6 * lora_params + 3 * attn_fwd + recompute
     return {
         "model_flops_per_token": model_flops,

@@ -11,6 +11,8 @@ a sweep's pool never carries the previous trial's choice.
     train.checkpointing=selective recompute train.checkpoint_fraction of the decoder layers
     train.checkpointing=offload   the same (default: every layer), their inputs in host memory
     train.kept_layers=top         the layers not recomputed are the last ones, not spread out
+    train.trim_recompute=true     a recomputed layer skips down_proj's frozen matmul, whose
+                                  output backward never reads (harness/trim.py)
     train.host_layers=N           N of the layers to recompute keep their saved tensors in pinned
                                   host memory instead (harness/host_layers.py)
     train.slim_activations=true   layers not recomputed keep norm/SwiGLU inputs only (slim.py)
@@ -34,7 +36,7 @@ import types
 import torch
 from torch import nn
 
-from harness import host_layers, lora_op, offload, residual, slim
+from harness import host_layers, lora_op, offload, residual, slim, trim
 from harness.config import TrainConfig
 from harness.errors import ConfigError
 from harness.layer_plan import host_positions
@@ -234,8 +236,9 @@ def _fused_lora_forward(self, x, *args, **kwargs):
     if base.weight.__class__.__name__ == "Params4bit":
         base_dtype = base.compute_dtype or x.dtype
     return lora_op.LoraLinear.apply(
-        x, a, b, base, float(self.scaling[name]), p, seed, dtype, base_dtype, out_dtype
-    )
+        x, a, b, base, float(self.scaling[name]), p, seed, dtype, base_dtype, out_dtype,
+        trim.skips(self),
+    )  # fmt: skip
 
 
 def _decoder_layers(model) -> list:
@@ -258,11 +261,14 @@ def _checkpointing(model, tcfg: TrainConfig) -> dict:
         if layer.gradient_checkpointing:  # offload: our own recompute, inputs in host memory
             original = vars(layer).setdefault("_harness_ckpt", layer._gradient_checkpointing_func)
             layer._gradient_checkpointing_func = (
-                offload.offloaded_checkpoint if mode == "offload" else original
+                offload.offloaded_checkpoint
+                if mode == "offload"
+                else trim.checkpoint_func(original, tcfg.trim_recompute)
             )
     done = sum(layer.gradient_checkpointing for layer in layers)
     return {"checkpointed_layers": done, "num_layers": n,
-            "host_layers": host_layers.apply(layers, host)}  # fmt: skip
+            "host_layers": host_layers.apply(layers, host),
+            "recompute_trimmed": trim.apply(layers, tcfg.trim_recompute)}  # fmt: skip
 
 
 _HF_SWIGLU_MLPS = ("LlamaMLP", "Qwen2MLP", "MistralMLP")  # down(act(gate(x)) * up(x))

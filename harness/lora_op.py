@@ -15,6 +15,8 @@ What it saves and moves, where peft's three modules differ:
   branch is added in that dtype instead, as peft adds it to bitsandbytes' output: a small update
   to an fp32 residual stream is not rounded away;
 - in a slim layer (harness/slim.py) it saves the recipe of its input, not the input;
+- in a trimmed recompute (harness/trim.py: a down_proj whose output backward never reads) it
+  skips the base matmul and returns an unfilled output;
 - the base weight is dequantized once in forward and once in backward, as bitsandbytes does;
   with train.dequant_kernel=triton by one kernel that writes bitsandbytes' values bit for bit
   (harness/dequant_triton.py).
@@ -102,8 +104,9 @@ class LoraLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, x, weight_a, weight_b, layer, scale, p, seed, dtype, base_dtype, out_dtype=None
-    ):
+        ctx, x, weight_a, weight_b, layer, scale, p, seed, dtype, base_dtype, out_dtype=None,
+        skip_base=False,
+    ):  # fmt: skip
         wide = x.dtype if out_dtype is None or x.dtype.itemsize >= out_dtype.itemsize else out_dtype
         ctx.recipe = slim.recipe_for(x)  # a slim layer's norm output or SwiGLU product: recomputed
         shape = x.shape
@@ -113,7 +116,9 @@ class LoraLinear(torch.autograd.Function):
         bias = None if layer.bias is None else layer.bias.to(base_dtype)
         c = scale / (1.0 - p)
         with _explicit_dtypes(x.device.type, dtype, base_dtype):
-            y = F.linear(xb, base_weight(layer, base_dtype), bias).to(dtype)  # [N, out]
+            y = None  # a trimmed recompute (harness/trim.py): nothing reads the output
+            if not skip_base:
+                y = F.linear(xb, base_weight(layer, base_dtype), bias).to(dtype)  # [N, out]
             del xb
             if _use_triton(x2, p):
                 from harness.lora_triton import lora_a_forward
@@ -126,7 +131,9 @@ class LoraLinear(torch.autograd.Function):
                 del xd
             else:
                 h = (x2 @ a.t()) * scale
-            if wide.itemsize > y.dtype.itemsize:  # output to an fp32 residual stream: as peft
+            if y is None:
+                y = x2.new_empty((x2.shape[0], layer.out_features), dtype=wide)
+            elif wide.itemsize > y.dtype.itemsize:  # output to an fp32 residual stream: as peft
                 # adds its branch to bitsandbytes' output, in fp32 (a small update survives)
                 y = y.to(wide).add_(h @ b.t())
             else:
@@ -180,4 +187,4 @@ class LoraLinear(torch.autograd.Function):
         if grad_x is not None:
             grad_x = grad_x.view(ctx.x_shape).to(ctx.x_dtype)
         dtype_a, dtype_b = ctx.weight_dtypes
-        return grad_x, grad_a.to(dtype_a), grad_b.to(dtype_b), *([None] * 7)
+        return grad_x, grad_a.to(dtype_a), grad_b.to(dtype_b), *([None] * 8)

@@ -22,6 +22,8 @@ import functools
 import torch
 from torch.nn import functional as F
 
+from harness import trim
+
 _STREAMS: dict[int, torch.cuda.Stream] = {}
 _PINNED: dict[tuple, list[torch.Tensor]] = {}
 _IN_FLIGHT: list[tuple[torch.cuda.Event, torch.Tensor]] = []  # buffers whose copy back may run
@@ -127,7 +129,7 @@ class _OffloadedCheckpoint(torch.autograd.Function):
         torch.set_rng_state(ctx.cpu_rng)
         torch.cuda.set_rng_state(ctx.cuda_rng, ctx.device)
         try:
-            with torch.enable_grad(), autocast_as(ctx.autocast):
+            with torch.enable_grad(), autocast_as(ctx.autocast), trim.recomputing():
                 out = ctx.run(hidden, *ctx.rest)
             torch.autograd.backward(out, grad_out)
         finally:

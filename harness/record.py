@@ -102,7 +102,7 @@ def _jsonable(obj: Any) -> Any:
 
 
 BEFORE_THE_KEY = {"causal_padding": False, "kept_layers": "spread", "gc_freeze": False,
-                  "host_layers": 0}  # fmt: skip
+                  "host_layers": 0, "trim_recompute": False}  # fmt: skip
 
 
 def effective_train(rec: dict) -> dict:
