@@ -36,7 +36,7 @@ import types
 import torch
 from torch import nn
 
-from harness import host_layers, lora_op, offload, residual, slim, trim
+from harness import host_frozen, host_layers, lora_op, offload, residual, slim, trim
 from harness.config import TrainConfig
 from harness.errors import ConfigError
 from harness.layer_plan import host_positions
@@ -75,7 +75,7 @@ def check(tcfg: TrainConfig, device: str, num_layers: int | None = None) -> None
 def apply(model, tcfg: TrainConfig, *, compute_dtype: torch.dtype) -> dict:
     """Set every lever on `model` (a peft model) as `tcfg` says. Returns what was applied."""
     offload.reset()  # parked inputs of an aborted pass (an OOM trial) go
-    offload.head_on_cpu(model, False)  # a pooled base's head back in place before any cast
+    host_frozen.head_on_cpu(model, False)  # a pooled base's head back in place before any cast
     applied = {"frozen_cast": _frozen_dtype(model, tcfg.frozen_dtype, compute_dtype)}
     applied.update(_kernels(model, tcfg.kernels))
     applied["lora_fused"], applied["dequant_triton"] = _lora_kernel(
@@ -88,8 +88,8 @@ def apply(model, tcfg: TrainConfig, *, compute_dtype: torch.dtype) -> dict:
     proj = wide and tcfg.projection_dtype == "fp32"
     applied.update(residual.apply(model, wide, compute_dtype, fused=fused, projections=proj))
     applied["slim_layers"] = _slim(model, tcfg.slim_activations, tcfg.kernels)
-    applied["embeddings_on_cpu"] = offload.embeddings_on_cpu(model, tcfg.embeddings_on_cpu)
-    applied["head_on_cpu"] = offload.head_on_cpu(model, tcfg.head_on_cpu)
+    applied["embeddings_on_cpu"] = host_frozen.embeddings_on_cpu(model, tcfg.embeddings_on_cpu)
+    applied["head_on_cpu"] = host_frozen.head_on_cpu(model, tcfg.head_on_cpu)
     applied["expandable_segments"] = offload.expandable_segments(tcfg.expandable_segments)
     applied["memory_cap_gib"] = offload.memory_cap(tcfg.memory_cap_gib)
     return applied

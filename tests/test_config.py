@@ -70,6 +70,7 @@ BAD = [
     (["optim=adamw_torch", "optim.name=lion"], "optim.name='lion'"),
     (["train.host_layers=2"], "train.host_layers=2"),  # full recompute: none to take
     (["train.checkpointing=selective", "train.host_layers=99"], "at most the 15 of 30 layers"),
+    (["train.trim_recompute=true"], "train.trim_recompute=True"),  # needs lora_kernel=fused
 ]
 
 
