@@ -9,9 +9,10 @@ device call on the same machine and take their reference from there (REFERENCE);
 and h200_v5_b (h200_v5_c, the same call) and the fifth round's final sweeps, one process per
 configuration (h200_v5_plain), as are the sixth and seventh rounds' (h200_v6_*, h200_v7_*: each
 against its own call's plain process) and the ninth, tenth, twelfth to sixteenth, eighteenth to
-twentieth (h200_v9_*, h200_v10_*, h200_v12_* to h200_v16_*, h200_v18_* to h200_v20_*); h200_v11's
-one process ran in the next call of the same session and takes h200_v10_plain's. Any other sweep
-without a plain row gets no ratio.
+twentieth and twenty-first to twenty-third (h200_v9_*, h200_v10_*, h200_v12_* to h200_v16_*,
+h200_v18_* to h200_v23_*; h200_v23's other shapes against the plain row of their own process);
+h200_v11's one process ran in the next call of the same session and takes h200_v10_plain's. Any
+other sweep without a plain row gets no ratio.
 "offload 19/32": 19 of the 32 layers recomputed; "slim 12": 12 slim layers (h200_v5_a/b: the
 recomputed layers were slim too, code since dropped: BENCHMARKS.md).
 """
@@ -31,6 +32,12 @@ V19 = ("h200_v19_plain", "h200_v19_fast", "h200_v19_fast_host6", "h200_v19_lean4
 V18 = ("h200_v18_plain", "h200_v18_exact_lean")
 V20 = ("h200_v20_plain", "h200_v20_fast_host6", "h200_v20_fast_host6_cap142", "h200_v20_fast_host4",
        "h200_v20_lean4_host2")  # fmt: skip
+V21 = ("h200_v21_plain", "h200_v21_lean4_trim", "h200_v21_fast_trim", "h200_v21_lean4_notrim",
+       "h200_v21_fast_notrim", "h200_v21_fast_host6_cap142_trim")  # fmt: skip
+V22 = ("h200_v22_plain", "h200_v22_lean4_cap82", "h200_v22_lean4_cap827", "h200_v22_fast",
+       "h200_v22_lean_cap64", "h200_v22_fast_host6_cap142")  # fmt: skip
+V23 = ("h200_v23_plain", "h200_v23_lean4_cap82")
+V23_SHAPES = ("h200_v23_qwen_b4", "h200_v23_b1", "h200_v23_smollm2_b4")  # plain in each process
 V17 = ("h200_v17_fp4", "h200_v17_b1", "h200_v17_qwen_b4", "h200_v17_qwen_b1", "h200_v17_smollm2_b4")
 V15 = ("h200_v15_plain", "h200_v15_fast", "h200_v15_exact", "h200_v15_lean_gpuhead_cap82",
        "h200_v15_exact_lean", "h200_v15_lean_gpuhead_k1_cap82")  # fmt: skip
@@ -46,16 +53,17 @@ V9 = ("h200_v9_plain", "h200_v9_fast_head_075", "h200_v9_fast_head_072", "h200_v
 V7 = ("h200_v7_plain", "h200_v7_fast", "h200_v7_fast_r32", "h200_v7_lean")  # one process each
 V6 = ("h200_v6_plain", "h200_v6_fast", "h200_v6_fast_r32", "h200_v6_hybrid_r32",
       "h200_v6_lean_r32")  # fmt: skip
-SWEEPS = (*V20, *V19, *V18, *V16, *V15, *V14, *V13, *V12, *V10, *V9, *V7, *V6, *FINAL, "h200_v5_c",
-          "h200_v5_a", "h200_v5_b", "h200_v4_c", "h200_v4_d", "h200_v4_a", "h200_v4_b",
-          "h200_v18_qwen_b4", *V17, "h200_v3_a", "h200_v3_b", "h200_v3_b1", "h200_v3_fp4",
-          "h200_v3_qwen_b4", "h200_v3_qwen_b1", "h200_v3_smollm2_b4", "h200_v2", "h200_b4",
-          "h200_fresh",
+SWEEPS = (*V23, *V22, *V21, *V20, *V19, *V18, *V16, *V15, *V14, *V13, *V12, *V10, *V9, *V7, *V6,
+          *FINAL, "h200_v5_c", "h200_v5_a", "h200_v5_b", "h200_v4_c", "h200_v4_d", "h200_v4_a",
+          "h200_v4_b", *V23_SHAPES, "h200_v18_qwen_b4", *V17, "h200_v3_a", "h200_v3_b",
+          "h200_v3_b1", "h200_v3_fp4", "h200_v3_qwen_b4", "h200_v3_qwen_b1", "h200_v3_smollm2_b4",
+          "h200_v2", "h200_b4", "h200_fresh",
           "b4_presets", "b4_factorial", "b4_fraction", "b4_fp4", "b1_presets", "qwen_b4",
           "qwen_b1", "smollm2_b4")  # fmt: skip
 LEVERS = {"kernels": "liger", "lora_kernel": "fused", "frozen_dtype": "bf16"}
 FLAGS = {"flat_optimizer": "flat", "embeddings_on_cpu": "emb cpu", "slim_activations": "slim",
-         "head_on_cpu": "head cpu", "gc_freeze": "gc freeze"}  # fmt: skip
+         "head_on_cpu": "head cpu", "gc_freeze": "gc freeze",
+         "trim_recompute": "trim"}  # fmt: skip
 VALUED = {"residual_dtype": ("fp32", "fp32 residual"),
           "projection_dtype": ("fp32", "fp32 projections"),
           "kept_layers": ("top", "kept top")}  # fmt: skip  # key: (value, label)
@@ -78,6 +86,9 @@ REFERENCE = {
     **{sweep: "h200_v18_plain" for sweep in V18[1:]},
     **{sweep: "h200_v19_plain" for sweep in V19[1:]},
     **{sweep: "h200_v20_plain" for sweep in V20[1:]},
+    **{sweep: "h200_v21_plain" for sweep in V21[1:]},
+    **{sweep: "h200_v22_plain" for sweep in V22[1:]},
+    **{sweep: "h200_v23_plain" for sweep in V23[1:]},
 }  # sweep -> the sweep whose plain rows it is compared with
 
 
@@ -165,11 +176,13 @@ def _executed(rec: dict) -> float:
     from harness.shapes import shape_config
 
     tp, lev, c = rec["throughput"], rec["levers"], rec["config"]
-    shape = c["model"]["shape"] or "smollm2-135m"
+    hf_config = shape_config(c["model"]["shape"] or "smollm2-135m")
+    down = hf_config.hidden_size * hf_config.intermediate_size  # train.trim_recompute skips it
     return utilization(
-        shape_config(shape), tp["padded_tokens_per_s"], seq_len=c["data"]["max_seq_len"],
+        hf_config, tp["padded_tokens_per_s"], seq_len=c["data"]["max_seq_len"],
         lora_params=rec["params"]["trainable"],
         recompute_fraction=lev.get("checkpointed_layers", 0) / max(lev.get("num_layers", 1), 1),
+        recompute_skipped_params=lev.get("recompute_trimmed", 0) * down,
     )["executed_util"]  # fmt: skip
 
 
@@ -190,12 +203,12 @@ def markdown(table: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-NEWEST = {  # the twentieth round, one process per configuration, labelled on the plot
-    "h200_v20_plain": ("plain", "o"),
-    "h200_v20_fast_host6_cap142": ("fast + 6 host layers, cap 14.2", ">"),
-    "h200_v20_fast_host6": ("fast + 6 host layers", "P"),
-    "h200_v20_fast_host4": ("fast + 4 host layers", "D"),
-    "h200_v20_lean4_host2": ("lean, 4 slim kept + 2 host layers, cap 8.2", "X"),
+NEWEST = {  # the twenty-second round, one process per configuration, labelled on the plot
+    "h200_v22_plain": ("plain", "o"),
+    "h200_v22_fast_host6_cap142": ("fast + 6 host layers, cap 14.2", ">"),
+    "h200_v22_fast": ("fast preset", "P"),
+    "h200_v22_lean4_cap82": ("lean, 4 slim kept, cap 8.2", "X"),
+    "h200_v22_lean_cap64": ("lean, cap 6.4", "D"),
 }
 
 
@@ -210,15 +223,16 @@ def plot(table: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 5.5))
     older = [r for r in table if r["gpu"] == "H200" and r["shape"] == "llama3-8b"
              and r["batch"] == 4 and r["quant"] == "nf4"
-             and r["sweep"] not in NEWEST and not r["sweep"].startswith("h200_v17")]  # fmt: skip
+             and r["sweep"] not in NEWEST and not r["sweep"].startswith(("h200_v17", "h200_v23_"))
+             or r["sweep"] in V23]  # fmt: skip
     ax.scatter([r["reserved_gib"] for r in older], [r["tokens_per_s"] for r in older], s=14,
-               c="lightgrey", label="earlier H200 rounds (v2-v19)")  # fmt: skip
+               c="lightgrey", label="other H200 rounds (v2-v23)")  # fmt: skip
     for sweep, (label, marker) in NEWEST.items():
         pts = [r for r in table if r["sweep"] == sweep]
         for r in pts:
             ax.scatter(r["reserved_gib"], r["tokens_per_s"], marker=marker, s=90,
                        label=f"{label}: {r['speed_x']:.2f}x at {r['memory_x']:.2f}x")  # fmt: skip
-    ref = next((r for r in table if r["sweep"] == "h200_v20_plain"), None)
+    ref = next((r for r in table if r["sweep"] == "h200_v22_plain"), None)
     if ref:  # the issue's targets against the same call's plain reference
         tok, gib = ref["tokens_per_s"], ref["reserved_gib"]
         ax.axhline(2 * tok, ls="--", lw=0.8, c="grey")
@@ -229,7 +243,7 @@ def plot(table: list[dict], path: Path) -> None:
         for x, label in ((gib, "plain reserved"), (0.4 * gib, "0.4x"), (0.5 * gib, "0.5x")):
             ax.annotate(label, (x, 13600), fontsize=7, color="grey", rotation=90, ha="right")
     ax.set(xlabel="peak reserved VRAM, train phase (GiB)", ylabel="tokens/s (all tokens)",
-           title="llama3-8b shape, nf4, seq 2048, batch 4, H200 (v20)")  # fmt: skip
+           title="llama3-8b shape, nf4, seq 2048, batch 4, H200 (v22)")  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
