@@ -10,7 +10,8 @@ credits weight gradients that QLoRA never computes for its frozen weights (the w
 needed is nearer 4N): MFU here compares with other reports, not with the chip's peak. The attention
 term is causal: each token attends to (S+1)/2 positions on average, 4 * d_attn FLOPs each
 (QK^T and AV) forward, 3x that forward + backward. f is the share of decoder layers recomputed;
-N_trimmed the down_proj weights those recomputes skip (train.trim_recompute, harness/trim.py).
+N_trimmed the down_proj weights those recomputes skip (hidden * ffn per trimmed layer:
+train.trim_recompute, harness/trim.py).
 
     executed FLOPs / token = 4 * (N_layers + N_head) + 6 * N_lora + 3 * attention + recompute
 
@@ -43,7 +44,7 @@ def matmul_params(hf_config) -> tuple[int, int]:
 
 def utilization(
     hf_config, tokens_per_s: float, *, seq_len: float, lora_params: int, recompute_fraction: float,
-    recompute_skipped_params: int = 0, peak_flops: float = PEAK_FLOPS,
+    recompute_trimmed_layers: int = 0, peak_flops: float = PEAK_FLOPS,
 ) -> dict[str, float]:  # fmt: skip
     """MFU and its parts for a measured rate of tokens (all tokens of the batch, not only the
     ones that carry loss: every one of them goes through the model)."""
@@ -55,7 +56,8 @@ def utilization(
     )
     attn_fwd = 2 * layers * (seq_len + 1) * d_attn  # causal: 4 * d_attn * (S+1)/2 per layer
     model_flops = 6 * n + 3 * attn_fwd
-    recompute = recompute_fraction * (2 * linear + attn_fwd) - 2 * recompute_skipped_params
+    trimmed = recompute_trimmed_layers * hf_config.hidden_size * hf_config.intermediate_size
+    recompute = recompute_fraction * (2 * linear + attn_fwd) - 2 * trimmed
     executed = 4 * (linear + head) + 6 * lora_params + 3 * attn_fwd + recompute
     return {
         "model_flops_per_token": model_flops,

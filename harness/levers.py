@@ -271,9 +271,6 @@ def _checkpointing(model, tcfg: TrainConfig) -> dict:
             "recompute_trimmed": trim.apply(layers, tcfg.trim_recompute)}  # fmt: skip
 
 
-_HF_SWIGLU_MLPS = ("LlamaMLP", "Qwen2MLP", "MistralMLP")  # down(act(gate(x)) * up(x))
-
-
 def _slim(model, on: bool, kernels: str) -> int:
     """Bind slim.slim_layer_forward on the decoder layers that are not recomputed (on), or undo it.
     Run after _checkpointing and _kernels (which restored every MLP's forward)."""
@@ -286,7 +283,7 @@ def _slim(model, on: bool, kernels: str) -> int:
             continue
         _bind(layer, slim.slim_layer_forward, "slim")
         mlp = getattr(layer, "mlp", None)
-        if kernels != "liger" and type(mlp).__name__ in _HF_SWIGLU_MLPS:
+        if kernels != "liger" and type(mlp).__name__ in trim.SWIGLU_MLPS:
             mlp._harness_mul = lambda g, u, act=mlp.act_fn: act(g) * u
             _bind(mlp, _hf_swiglu_slim, "slim")
         n += 1

@@ -111,7 +111,7 @@ class LoraLinear(torch.autograd.Function):
         ctx.recipe = slim.recipe_for(x)  # a slim layer's norm output or SwiGLU product: recomputed
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        xb, x2 = x2.to(base_dtype), x2.to(dtype)
+        xb, x2 = None if skip_base else x2.to(base_dtype), x2.to(dtype)
         a, b = weight_a.to(dtype), weight_b.to(dtype)
         bias = None if layer.bias is None else layer.bias.to(base_dtype)
         c = scale / (1.0 - p)

@@ -196,8 +196,7 @@ def _add_mfu(rec: dict, hf_config) -> None:
     tp.update(flops.utilization(
         hf_config, tokens_per_s, seq_len=tokens_per_s / tp["samples_per_s"], lora_params=lora,
         recompute_fraction=lev.get("checkpointed_layers", 0) / max(lev.get("num_layers", 1), 1),
-        recompute_skipped_params=lev.get("recompute_trimmed", 0)
-        * hf_config.hidden_size * hf_config.intermediate_size,
+        recompute_trimmed_layers=lev.get("recompute_trimmed", 0),
     ))  # fmt: skip
 
 

@@ -23,7 +23,7 @@ ATTR = "_harness_trim"  # on a LoRA module whose output no recompute needs
 # `down_proj(act(gate_proj(x)) * up_proj(x))`; another architecture (a norm after the MLP) would
 # read down_proj's output in backward: not trimmed
 _LAYERS = ("LlamaDecoderLayer", "Qwen2DecoderLayer", "MistralDecoderLayer")
-_MLPS = ("LlamaMLP", "Qwen2MLP", "MistralMLP")
+SWIGLU_MLPS = ("LlamaMLP", "Qwen2MLP", "MistralMLP")  # down(act(gate(x)) * up(x))
 _DEPTH = [0]  # > 0 while a checkpointed layer's forward runs again in backward
 
 
@@ -62,7 +62,7 @@ def apply(layers: list, on: bool) -> int:
         if down is None:
             continue
         vars(down).pop(ATTR, None)
-        known = type(layer).__name__ in _LAYERS and type(mlp).__name__ in _MLPS
+        known = type(layer).__name__ in _LAYERS and type(mlp).__name__ in SWIGLU_MLPS
         if on and known and layer.gradient_checkpointing and hasattr(down, "lora_A"):
             setattr(down, ATTR, True)
             n += 1

@@ -121,7 +121,7 @@ def test_mfu_counts_the_trimmed_matmuls_out_of_the_recompute():
     full = utilization(hf_config, 100.0, **kw)
     down = hf_config.hidden_size * hf_config.intermediate_size
     layers = hf_config.num_hidden_layers
-    trimmed = utilization(hf_config, 100.0, recompute_skipped_params=layers * down, **kw)
+    trimmed = utilization(hf_config, 100.0, recompute_trimmed_layers=layers, **kw)
     skipped = full["recompute_flops_per_token"] - trimmed["recompute_flops_per_token"]
     assert skipped == 2 * layers * down
     assert trimmed["mfu"] == full["mfu"] and trimmed["hfu"] < full["hfu"]

@@ -176,13 +176,11 @@ def _executed(rec: dict) -> float:
     from harness.shapes import shape_config
 
     tp, lev, c = rec["throughput"], rec["levers"], rec["config"]
-    hf_config = shape_config(c["model"]["shape"] or "smollm2-135m")
-    down = hf_config.hidden_size * hf_config.intermediate_size  # train.trim_recompute skips it
     return utilization(
-        hf_config, tp["padded_tokens_per_s"], seq_len=c["data"]["max_seq_len"],
-        lora_params=rec["params"]["trainable"],
+        shape_config(c["model"]["shape"] or "smollm2-135m"), tp["padded_tokens_per_s"],
+        seq_len=c["data"]["max_seq_len"], lora_params=rec["params"]["trainable"],
         recompute_fraction=lev.get("checkpointed_layers", 0) / max(lev.get("num_layers", 1), 1),
-        recompute_skipped_params=lev.get("recompute_trimmed", 0) * down,
+        recompute_trimmed_layers=lev.get("recompute_trimmed", 0),
     )["executed_util"]  # fmt: skip
 
 
