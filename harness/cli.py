@@ -10,7 +10,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue, ValidationError
 
-from harness.config import register_configs, to_trial_config
+from harness.config.schema import register_configs, to_trial_config
 from harness.errors import ConfigError
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -28,7 +28,7 @@ def job_context() -> tuple[list[str], dict, Path]:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(dcfg: DictConfig) -> float | None:
     """Run one trial; in a multirun every job lands here."""
-    from harness.trial import run_trial
+    from harness.trial.pipeline import run_trial
 
     quiet_libraries()
     try:
@@ -48,7 +48,7 @@ def _sweep_pool():
     """In a multirun, the jobs of this process share one quantized base (adapter swap)."""
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
-    from harness.sweep import process_pool
+    from harness.sweep.grid import process_pool
 
     return process_pool()
 

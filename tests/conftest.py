@@ -69,8 +69,8 @@ def lora_b_random(model, std: float = 0.02):
 def tiny_4bit(dropout: float = 0.0, r: int = 8, device: str = "cpu"):
     """The tiny llama shape through the harness's own load (nf4 + double quant, peft's fp32
     upcast of the rest) and adapter on every Linear, random lora_B, in train mode."""
-    from harness import models
-    from harness.config import LoraConfig, QuantConfig
+    from harness.config.schema import LoraConfig, QuantConfig
+    from harness.trial import model as models
 
     torch.manual_seed(0)
     weights = models._random_weights_dir("tiny-llama", 0)
@@ -92,7 +92,7 @@ def loss_and_grads(model, ids):
 
 def llama3_8b_record_model() -> dict:
     """A record's `model` block for the llama3-8b shape (what the memory model reads)."""
-    from harness.memory_model import LLAMA3_8B
+    from harness.memory.model import LLAMA3_8B
 
     keys = ("hidden_size", "num_layers", "intermediate_size", "vocab_size", "num_heads",
             "num_kv_heads")  # fmt: skip

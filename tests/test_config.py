@@ -7,10 +7,10 @@ import pytest
 import torch
 from conftest import REPO, compose_cfg, run_harness
 
-from harness.config import to_trial_config
+from harness.config.schema import to_trial_config
 from harness.errors import ConfigError
-from harness.preflight_checks import check_quant
-from harness.train import choose_optimizer
+from harness.trial.preflight import check_quant
+from harness.trial.train import choose_optimizer
 
 NEEDS_PATH = {"local": "/tmp", "gguf": "/tmp/x.gguf", "hub": "org/model", "alpaca": "/tmp/a.json"}
 
@@ -94,7 +94,7 @@ def test_malformed_data_file_names_file_and_line(tmp_path):
 
 
 def test_json_array_error_names_the_line(tmp_path):
-    from harness.data import read_alpaca_file
+    from harness.trial.data import read_alpaca_file
 
     bad = tmp_path / "bad.json"
     bad.write_text(

@@ -2,11 +2,11 @@
 
 import pytest
 
-from harness.config import DataConfig
-from harness.data import format_example, load_examples, read_alpaca_file, tokenize
-from harness.embedded import ensure_embedded_model
-from harness.embedded_data import SKILLS, generate_embedded
-from harness.models import load_tokenizer
+from harness.assets.embedded_data import SKILLS, generate_embedded
+from harness.assets.embedded_model import ensure_embedded_model
+from harness.config.schema import DataConfig
+from harness.trial.data import format_example, load_examples, read_alpaca_file, tokenize
+from harness.trial.model import load_tokenizer
 
 
 @pytest.fixture(scope="module")

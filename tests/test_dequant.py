@@ -13,14 +13,14 @@ import pytest
 import torch
 from conftest import REPO, requires_cuda
 
-from harness import levers
-from harness.config import TrainConfig
+from harness.config.schema import TrainConfig
+from harness.engine import build as levers
 from harness.errors import ConfigError
 
 CHECK = textwrap.dedent("""
     import sys, torch
     import bitsandbytes.functional as F
-    from harness.dequant_triton import dequantize_4bit
+    from harness.engine.dequant_triton import dequantize_4bit
     dev, interp = sys.argv[1], sys.argv[2] == "1"
     torch.manual_seed(0)
 
@@ -103,7 +103,7 @@ def test_fused_op_with_triton_dequant_matches_bitsandbytes_dequant_exactly():
     identical outputs and gradients."""
     import bitsandbytes as bnb
 
-    from harness import lora_op
+    from harness.engine import lora_op
 
     torch.manual_seed(0)
     layer = bnb.nn.Linear4bit(256, 512, bias=False, compute_dtype=torch.bfloat16,

@@ -6,7 +6,7 @@ change stay per-tensor."""
 import pytest
 import torch
 
-from harness.flat_optim import flatten_optimizer
+from harness.engine.flat_optim import flatten_optimizer
 
 SHAPES = [(16, 256), (512, 16), (16, 64), (7, 9), (300,)]  # the last two cannot fold in 8-bit
 

@@ -4,7 +4,7 @@ dropped: plain +0.6%, not measured on the fast preset; BENCHMARKS.md, fifth roun
 
 import gc
 
-from harness.measure import GcPauses, throughput
+from harness.trial.measure import GcPauses, throughput
 
 
 def test_gc_pauses_count_full_collections_and_their_time_while_installed():

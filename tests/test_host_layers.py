@@ -8,8 +8,9 @@ import torch
 from conftest import requires_cuda
 from test_levers import _apply, _loss_and_grads, _tiny_peft
 
-from harness import host_layers, layer_plan, levers
-from harness.config import TrainConfig
+from harness.config.schema import TrainConfig
+from harness.engine import build as levers
+from harness.engine import host_layers, layer_plan
 from harness.errors import ConfigError
 
 

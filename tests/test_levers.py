@@ -16,10 +16,11 @@ from conftest import (
     run_harness,
 )
 
-from harness import layer_plan, levers, lora_op, offload
-from harness.config import TrainConfig, to_trial_config
+from harness.config.schema import TrainConfig, to_trial_config
+from harness.engine import build as levers
+from harness.engine import layer_plan, lora_op, offload
 from harness.errors import ConfigError
-from harness.measure import frozen_heap
+from harness.trial.measure import frozen_heap
 
 
 def _tiny_peft(dropout: float = 0.0, seed: int = 0, tied: bool = True, layers: int = 2):
@@ -27,7 +28,7 @@ def _tiny_peft(dropout: float = 0.0, seed: int = 0, tied: bool = True, layers: i
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from harness.shapes import shape_config
+    from harness.assets.shapes import shape_config
 
     torch.manual_seed(seed)
     hf_config = shape_config("tiny-llama")

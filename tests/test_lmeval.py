@@ -13,9 +13,9 @@ import pytest
 import torch
 import yaml
 
-from harness.embedded import ensure_embedded_model
+from harness.assets.embedded_model import ensure_embedded_model
 from harness.errors import ConfigError
-from harness.lmeval import (
+from harness.evaluate.lmeval import (
     base_scores_cached,
     evaluate_lm,
     merge_before_after,
@@ -23,7 +23,7 @@ from harness.lmeval import (
     resolve_batch_size,
     scores_from_results,
 )
-from harness.lmeval_tasks import TASKS_DIR, check_tasks, harness_tasks, materialize_tasks
+from harness.evaluate.registry import TASKS_DIR, check_tasks, harness_tasks, materialize_tasks
 from harness.paths import shared_data_dir
 
 # metric -> higher_is_better, per task: the names the trial record relies on.

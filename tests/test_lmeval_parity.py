@@ -29,8 +29,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.embedded import ensure_embedded_model
-from harness.lmeval import evaluate_lm, scores_from_results
+from harness.assets.embedded_model import ensure_embedded_model
+from harness.evaluate.lmeval import evaluate_lm, scores_from_results
 from harness.paths import shared_data_dir
 
 LIMIT = float(os.environ.get("HARNESS_PARITY_LIMIT", "4"))

@@ -12,12 +12,13 @@ import pytest
 import torch
 from conftest import REPO, loss_and_grads, requires_cuda, tiny_4bit
 
-from harness import levers, lora_op
-from harness.config import TrainConfig
+from harness.config.schema import TrainConfig
+from harness.engine import build as levers
+from harness.engine import lora_op
 
 KERNEL_CHECK = textwrap.dedent("""
     import sys, torch
-    from harness.lora_triton import lora_a_forward, lora_a_grad, lora_x_grad_add
+    from harness.engine.lora_triton import lora_a_forward, lora_a_grad, lora_x_grad_add
     dev, dt = sys.argv[1], getattr(torch, sys.argv[2])
     torch.manual_seed(int(sys.argv[3]))
     for n, k, r in [(100, 300, 8), (257, 1032, 16), (64, 128, 33)]:
@@ -125,7 +126,7 @@ def test_fused_op_with_dropout_under_checkpointing_recomputes_the_same_mask():
 def test_fused_op_on_cuda_matches_a_reference_built_from_its_mask():
     """bf16 autocast on CUDA (the trial's setting): the Triton path's output and gradients equal
     x Wᵀ + s (x ⊙ m / (1-p)) Aᵀ Bᵀ with m read back from the kernels, to bf16 rounding."""
-    from harness.lora_triton import lora_x_grad_add
+    from harness.engine.lora_triton import lora_x_grad_add
 
     torch.manual_seed(0)
     dev, n, k, o, r, p, s = "cuda", 512, 1024, 768, 16, 0.1, 2.0

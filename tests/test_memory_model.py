@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.memory_model import (
+from harness.analysis.frame import load_records
+from harness.memory.model import (
     LLAMA3_8B,
     PRIOR_ANCHORS,
     Setting,
@@ -18,9 +19,8 @@ from harness.memory_model import (
     predict_peak_gib,
     prior_calibration,
 )
-from harness.memory_table import seeds_rows
-from harness.memory_terms import GIB, activation_bytes, lora_param_count, static_bytes
-from harness.report_data import load_records
+from harness.memory.table import seeds_rows
+from harness.memory.terms import GIB, activation_bytes, lora_param_count, static_bytes
 
 FIXTURES = Path(__file__).parent / "fixtures"
 RECORDS = FIXTURES / "records"
@@ -172,8 +172,8 @@ def test_seeds_table_is_sane() -> None:
 def test_records_are_read_with_the_fraction_their_levers_ran() -> None:
     """Before offload took a fraction, its records carried the old default 0.5 and recomputed
     every layer: read by what the levers applied, they are full offload, not half."""
-    from harness.memory_model import setting_from_record
-    from harness.pick_pin import experiment_yaml
+    from harness.analysis.pin import experiment_yaml
+    from harness.memory.model import setting_from_record
 
     old = {"config": {"train": {"checkpointing": "offload", "checkpoint_fraction": 0.5},
                       "quant": {"type": "nf4"}},
@@ -192,7 +192,7 @@ def test_a_memory_cap_bounds_the_prediction_and_leaves_calibration() -> None:
     (their peak is the cap's doing)."""
     from conftest import llama3_8b_record_model
 
-    from harness.memory_model import measured_points, setting_from_record
+    from harness.memory.model import measured_points, setting_from_record
 
     free = predict_peak_gib(LLAMA3_8B, QLORA)
     slack = free["overhead"]
@@ -266,7 +266,7 @@ def test_host_layers_add_one_fetched_layer_to_the_backward_side_only() -> None:
     layers): host layers leave its peak; lean with every layer off the GPU peaks in backward: one
     layer more. Without a memory cap the allocator reserves beside the blocks that parking copies
     still read. A record reads back with the layers its levers took off the GPU."""
-    from harness.memory_model import setting_from_record
+    from harness.memory.model import setting_from_record
 
     fast = replace(QLORA, checkpointing="selective", checkpoint_fraction=0.8125, batch_size=4,
                    lora_kernel="fused", kernels="liger", kept_layers="top")  # fmt: skip
@@ -288,7 +288,7 @@ def test_host_layers_add_one_fetched_layer_to_the_backward_side_only() -> None:
            "levers": {"checkpointed_layers": 22, "host_layers": 6, "num_layers": 32}}  # fmt: skip
     s = setting_from_record(rec)
     assert (s.checkpoint_fraction, s.host_layers) == (28 / 32, 6)
-    from harness.pick_pin import experiment_yaml  # a pinned rerun: the same 28 off the GPU
+    from harness.analysis.pin import experiment_yaml  # a pinned rerun: the same 28 off the GPU
 
     pinned = experiment_yaml(rec, name="x", command="pick")
     assert "checkpoint_fraction: 0.875" in pinned and "host_layers: 6" in pinned

@@ -4,8 +4,8 @@ and gradients (the causal mask already hides trailing padding from every real to
 import torch
 from conftest import compose_cfg, tiny_4bit
 
-from harness.config import to_trial_config
-from harness.train import CountingCollator
+from harness.config.schema import to_trial_config
+from harness.trial.train import CountingCollator
 
 
 def _batch(pad_side: str, *, loss_on_pad: bool = False) -> dict:

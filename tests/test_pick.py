@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.pick import main
-from harness.pick_core import decide, pick_measured
-from harness.pick_pin import experiment_yaml, hydra_overrides, override_value, write_experiment
-from harness.report_data import load_records, records_frame
+from harness.analysis.decide import decide, pick_measured
+from harness.analysis.frame import load_records, records_frame
+from harness.analysis.pick import main
+from harness.analysis.pin import experiment_yaml, hydra_overrides, override_value, write_experiment
 
 RECORDS = Path(__file__).parent / "fixtures" / "records"
 H100 = RECORDS / "h100-llama3-8b"
@@ -141,7 +141,7 @@ def test_pinned_experiment_composes_to_the_same_config(tmp_path: Path) -> None:
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
-    from harness.config import register_configs, to_trial_config
+    from harness.config.schema import register_configs, to_trial_config
 
     register_configs()
     conf = tmp_path / "conf"
@@ -189,7 +189,7 @@ def _llama3_8b_record(train: dict) -> dict:
 
 def test_a_prediction_that_exceeds_the_records_memory_cap_is_not_picked() -> None:
     """Under train.memory_cap_gib, tensors past the cap are an OOM whatever the budget."""
-    from harness.pick_core import pick_predicted
+    from harness.analysis.decide import pick_predicted
 
     train = {"checkpointing": "full", "batch_size": 1, "memory_cap_gib": None}
     rec = _llama3_8b_record(train)
@@ -206,8 +206,8 @@ def test_spread_kept_layers_get_a_top_variant_that_fits_where_they_do_not() -> N
     backward (the kept layers below the first recompute, plus it) and at the top at the loss:
     a budget between the two is met by the same setting with train.kept_layers=top, the same math
     and speed, before any slower variant (full recompute, a smaller batch)."""
-    from harness.memory_model import predict_peak_gib, setting_from_record, shape_from_record
-    from harness.pick_core import need_gib, pick_predicted
+    from harness.analysis.decide import need_gib, pick_predicted
+    from harness.memory.model import predict_peak_gib, setting_from_record, shape_from_record
 
     train = {"checkpointing": "selective", "checkpoint_fraction": 0.8125, "batch_size": 4,
              "slim_activations": True, "lora_kernel": "fused", "kernels": "liger",

@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 from matplotlib import image as mpimg
 
-from harness.pareto import pareto_mask
-from harness.report import build_report, main
-from harness.report_data import StudySource, load_records_frame
-from harness.report_plots import PLOTS
+from harness.analysis.frame import StudySource, load_records_frame
+from harness.analysis.pareto import pareto_mask
+from harness.analysis.plots import PLOTS
+from harness.analysis.report import build_report, main
 
 RECORDS = Path(__file__).parent / "fixtures" / "records"
 H100 = RECORDS / "h100-llama3-8b"

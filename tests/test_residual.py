@@ -8,8 +8,9 @@ import pytest
 import torch
 from conftest import TINY, load_json, loss_and_grads, requires_cuda, run_harness, tiny_4bit
 
-from harness import levers, residual
-from harness.config import TrainConfig
+from harness.config.schema import TrainConfig
+from harness.engine import build as levers
+from harness.engine import residual
 from harness.errors import ConfigError
 
 # (device, levers besides frozen_dtype=bf16): peft's modules, the fused op, the fast kernels

@@ -8,8 +8,9 @@ import torch
 from conftest import loss_and_grads, requires_cuda
 from test_levers import _apply, _tiny_peft
 
-from harness import levers, slim
-from harness.config import TrainConfig
+from harness.config.schema import TrainConfig
+from harness.engine import build as levers
+from harness.engine import slim
 from harness.errors import ConfigError
 
 

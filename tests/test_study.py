@@ -20,8 +20,8 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from harness.errors import ConfigError
-from harness.study_spec import StudySpec, hydra_value, make_sampler
-from harness.study_store import is_result
+from harness.sweep.spec import StudySpec, hydra_value, make_sampler
+from harness.sweep.storage import is_result
 
 # 2 steps of batch 2: ~5-10 s a trial on 2 busy cores (the held-out loss is the objective).
 STUDY_TINY = [*TINY, "train.max_steps=2", "train.batch_size=2"]
@@ -270,8 +270,8 @@ def test_spec_validation_names_the_field():
 
 def test_every_named_sweep_loads_and_composes():
     """Each sweeps/*.yaml opens with its command and composes with the real config."""
-    from harness.study_run import check_study
-    from harness.study_spec import load_spec
+    from harness.sweep.run import check_study
+    from harness.sweep.spec import load_spec
 
     for path in sorted((REPO / "sweeps").glob("*.yaml")):
         first = path.read_text().splitlines()[:6]

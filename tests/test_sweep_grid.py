@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 from conftest import TINY, load_json, run_harness
 
-from harness.hydra_callbacks import sweep_keys
-from harness.sweep import FailureLimit, override_items, summary_frame, swept_keys
+from harness.sweep.callbacks import sweep_keys
+from harness.sweep.grid import FailureLimit, override_items, summary_frame, swept_keys
 
 NO_REPORT = "hydra.callbacks.sweep_summary.report=false"
 
@@ -193,7 +193,7 @@ def test_joblib_launcher_grid_writes_the_same_summary(tmp_path):
 
 
 def test_pool_memo_makes_once_per_key_and_stays_bounded():
-    from harness.models import BasePool
+    from harness.trial.model import BasePool
 
     pool, calls = BasePool(), []
     make = lambda k: lambda: calls.append(k) or [k]  # noqa: E731
@@ -207,8 +207,8 @@ def test_pool_memo_makes_once_per_key_and_stays_bounded():
 def test_pool_keeps_a_base_only_for_the_allocator_layout_it_was_loaded_under():
     """A base loaded into ordinary CUDA segments is not handed to a trial that wants expandable
     ones (its partly used segments would stay reserved in that trial's memory), and back."""
-    from harness.config import ModelConfig, QuantConfig
-    from harness.models import BasePool
+    from harness.config.schema import ModelConfig, QuantConfig
+    from harness.trial.model import BasePool
 
     pool, m, q, base = BasePool(), ModelConfig(), QuantConfig(), object()
     pool.put(m, q, "cuda", base, False)
@@ -231,9 +231,9 @@ def test_a_finished_trial_leaves_no_module_of_its_model_alive(tmp_path):
     import torch
     from conftest import compose_cfg
 
-    from harness.config import to_trial_config
-    from harness.models import BasePool
-    from harness.trial import run_trial
+    from harness.config.schema import to_trial_config
+    from harness.trial.model import BasePool
+    from harness.trial.pipeline import run_trial
 
     pool = BasePool()
     cfg = to_trial_config(compose_cfg([*TINY, "train.device=cpu", "optim=adamw_8bit"]))

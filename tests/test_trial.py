@@ -10,7 +10,7 @@ import time
 import pytest
 from conftest import TINY, load_json, requires_cuda, run_harness
 
-from harness.record import write_record
+from harness.trial.record import write_record
 
 
 def test_embedded_4bit_trial_records_every_field(tmp_path):
@@ -104,7 +104,7 @@ def test_records_are_append_only(tmp_path):
 WRITER = """
 import sys
 from pathlib import Path
-from harness.record import write_record
+from harness.trial.record import write_record
 write_record({"status": "success", "blob": "x" * 400_000_000}, Path(sys.argv[1]))
 """
 
@@ -136,8 +136,8 @@ def test_trial_refuses_an_out_dir_that_holds_a_record_before_any_work(tmp_path):
     its result), and the existing record is untouched."""
     from conftest import compose_cfg
 
-    from harness.config import to_trial_config
-    from harness.trial import run_trial
+    from harness.config.schema import to_trial_config
+    from harness.trial.pipeline import run_trial
 
     (tmp_path / "record.json").write_text('{"status": "success"}')
     cfg = to_trial_config(compose_cfg([*TINY, "train.device=cpu"]))

@@ -8,8 +8,9 @@ import torch
 from conftest import loss_and_grads, requires_cuda
 from test_levers import _tiny_peft
 
-from harness import levers, lora_op, trim
-from harness.config import TrainConfig
+from harness.config.schema import TrainConfig
+from harness.engine import build as levers
+from harness.engine import lora_op, trim
 
 
 def _apply(model, **train):
@@ -113,8 +114,8 @@ def test_trimmed_offloaded_recompute_keeps_loss_and_gradients_on_cuda(monkeypatc
 
 
 def test_mfu_counts_the_trimmed_matmuls_out_of_the_recompute():
-    from harness.flops import utilization
-    from harness.shapes import shape_config
+    from harness.assets.shapes import shape_config
+    from harness.trial.flops import utilization
 
     hf_config = shape_config("tiny-llama")
     kw = dict(seq_len=16, lora_params=1000, recompute_fraction=1.0)

@@ -11,7 +11,7 @@ from conftest import REPO
 from optuna.trial import TrialState
 from test_study import load, study_cmd, write_spec
 
-from harness.study_store import is_result, normalize_url
+from harness.sweep.storage import is_result, normalize_url
 
 PG_URL = os.environ.get("HARNESS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 PG_DRIVER_URL = normalize_url(PG_URL)  # what the driver connects with (psycopg2 here)

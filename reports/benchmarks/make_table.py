@@ -93,7 +93,7 @@ REFERENCE = {
 
 
 def setting(rec: dict) -> str:
-    from harness.config import recompute_fraction
+    from harness.config.schema import recompute_fraction
 
     """A short name of the levers a record ran with: 'plain' or e.g. 'liger+bf16, sel 0.875'."""
     t, lora = rec["config"]["train"], rec["config"]["lora"]
@@ -172,8 +172,8 @@ def rows() -> list[dict]:
 
 def _executed(rec: dict) -> float:
     """Executed-FLOPs utilization (harness/flops.py), recomputed for records older than it."""
-    from harness.flops import utilization
-    from harness.shapes import shape_config
+    from harness.trial.flops import utilization
+    from harness.assets.shapes import shape_config
 
     tp, lev, c = rec["throughput"], rec["levers"], rec["config"]
     return utilization(

@@ -1,0 +1,354 @@
+"""Typed trial config. YAML (conf/) holds values; these dataclasses hold types and validate.
+
+Hydra composes conf/ onto the `trial_schema` registered here, so a misspelt key fails at compose
+time. `to_trial_config` turns the DictConfig into a `TrialConfig` once, at the entry point, running
+every `__post_init__` check; nothing below the entry ever sees a DictConfig.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from harness.errors import ConfigError
+
+MODEL_SOURCES = ("embedded", "local", "gguf", "hub", "random")
+QUANT_TYPES = ("nf4", "fp4", "none")
+COMPUTE_DTYPES = ("bf16", "fp16")
+TARGET_PRESETS = ("all-linear", "attention", "mlp")
+VARIANTS = ("lora", "rslora", "dora", "dora+rslora")
+BIASES = ("none", "all", "lora_only")
+ADAPTER_DTYPES = ("fp32", "bf16")
+OPTIMIZERS = (
+    "paged_adamw_8bit",
+    "paged_adamw_32bit",
+    "adamw_8bit",
+    "adamw_torch",
+    "adamw_torch_fused",
+    "sgd",
+)
+ON_UNSUPPORTED = ("fail", "fallback")
+DATA_SOURCES = ("embedded", "alpaca", "hub")
+PROMPT_FORMATS = ("auto", "chat", "alpaca")
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+CHECKPOINTING = ("none", "full", "selective", "offload")
+DEFAULT_FRACTION = {"selective": 0.5, "offload": 1.0}  # train.checkpoint_fraction=null
+KEPT_LAYERS = ("spread", "top")  # where the layers that are not recomputed sit
+
+
+def recompute_fraction(mode: str, fraction: float | None) -> float:
+    """The share of decoder layers `mode` recomputes: the fraction given, else the mode's own
+    (none: 0, full: 1; selective and offload take train.checkpoint_fraction)."""
+    if mode not in DEFAULT_FRACTION:
+        return 0.0 if mode == "none" else 1.0
+    return DEFAULT_FRACTION[mode] if fraction is None else fraction
+
+
+KERNELS = ("none", "liger")
+LORA_KERNELS = ("peft", "fused")
+DEQUANT_KERNELS = ("bnb", "triton")
+FROZEN_DTYPES = ("fp32", "bf16")
+RESIDUAL_DTYPES = ("auto", "fp32")
+PROJECTION_DTYPES = ("auto", "fp32")
+PACKING_STRATEGIES = ("bfd", "wrapped")
+DEVICES = ("auto", "cpu", "cuda")
+FAULTS = ("none", "oom", "nan")
+
+
+def _one_of(name: str, value: object, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(name, value, f"allowed: {', '.join(map(str, allowed))}")
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(name, value, "must be > 0")
+
+
+@dataclass
+class ModelConfig:
+    """Which base model to tune."""
+
+    name: str = "smollm2-135m"  # label in records and reports
+    source: str = "embedded"  # embedded | local (HF dir) | gguf (file) | hub (id) | random (shape)
+    path: str | None = None  # local dir, GGUF file or hub id; unused for embedded/random
+    shape: str | None = None  # random weights: a named real architecture (harness/shapes.py)
+    revision: str | None = None  # hub only
+
+    def __post_init__(self) -> None:
+        _one_of("model.source", self.source, MODEL_SOURCES)
+        if self.source in ("local", "gguf", "hub") and not self.path:
+            raise ConfigError("model.path", self.path, f"required when model.source={self.source}")
+        if self.source == "random":
+            from harness.assets.shapes import SHAPES
+
+            _one_of("model.shape", self.shape, tuple(SHAPES))
+
+
+@dataclass
+class QuantConfig:
+    """bitsandbytes 4-bit quantization of the frozen base weights."""
+
+    type: str = "nf4"  # nf4 | fp4 | none (16-bit LoRA: the unquantized reference)
+    double_quant: bool = True  # quantize the absmax constants too: 0.5 -> ~0.127 bit/param
+    compute_dtype: str = "bf16"  # dtype of the de-quantized matmuls
+
+    def __post_init__(self) -> None:
+        _one_of("quant.type", self.type, QUANT_TYPES)
+        _one_of("quant.compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
+
+
+@dataclass
+class LoraConfig:
+    """The adapter (peft)."""
+
+    r: int = 16  # rank: higher = more capacity, more memory
+    alpha: float = 32.0  # scale = alpha / r (alpha / sqrt(r) with rslora)
+    dropout: float = 0.05
+    targets: Any = "all-linear"  # all-linear | attention | mlp | [explicit module names]
+    variant: str = "lora"  # lora | rslora | dora | dora+rslora
+    bias: str = "none"
+    dtype: str = "fp32"  # adapter weight dtype; fp32 is peft's default
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.r, int) or self.r <= 0:
+            raise ConfigError("lora.r", self.r, "must be an integer > 0")
+        _positive("lora.alpha", self.alpha)
+        if not 0 <= self.dropout < 1:
+            raise ConfigError("lora.dropout", self.dropout, "must be in [0, 1)")
+        _one_of("lora.variant", self.variant, VARIANTS)
+        _one_of("lora.bias", self.bias, BIASES)
+        _one_of("lora.dtype", self.dtype, ADAPTER_DTYPES)
+        if isinstance(self.targets, str):
+            _one_of("lora.targets", self.targets, TARGET_PRESETS)
+        elif not (
+            isinstance(self.targets, list | tuple)
+            and self.targets
+            and all(isinstance(t, str) and t for t in self.targets)
+        ):
+            raise ConfigError(
+                "lora.targets", self.targets, f"one of {TARGET_PRESETS} or a list of module names"
+            )
+        else:
+            self.targets = list(self.targets)
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer. Paged and 8-bit ones come from bitsandbytes."""
+
+    name: str = "paged_adamw_8bit"
+    weight_decay: float = 0.0
+    on_unsupported: str = "fallback"  # fail | fallback: what to do if the device can't run it
+    fallback: str = "auto"  # auto: the unpaged twin of a paged optimizer, else adamw_torch
+
+    def __post_init__(self) -> None:
+        _one_of("optim.name", self.name, OPTIMIZERS)
+        _one_of("optim.on_unsupported", self.on_unsupported, ON_UNSUPPORTED)
+        _one_of("optim.fallback", self.fallback, ("auto", *OPTIMIZERS))
+        if self.weight_decay < 0:
+            raise ConfigError("optim.weight_decay", self.weight_decay, "must be >= 0")
+
+
+@dataclass
+class DataConfig:
+    """Instruction data, prompt format and tokenization."""
+
+    name: str = "embedded"  # label in records
+    source: str = "embedded"  # embedded (generated) | alpaca (JSON/JSONL file) | hub (dataset id)
+    path: str | None = None  # alpaca file, or hub dataset id
+    split: str = "train"  # hub only
+    max_examples: int | None = None  # cap on examples read (after shuffling by seed)
+    num_train: int = 2000  # embedded generator only
+    num_heldout: int = 64  # held-out examples (loss, perplexity, embedded exact-match task)
+    prompt_format: str = "auto"  # auto: the model's chat template if it has one, else Alpaca
+    max_seq_len: int = 256
+    packing: bool = False
+    packing_strategy: str = "bfd"  # bfd: whole examples, padding-free | wrapped: fixed-length rows
+    seed: int = 0  # shuffling and held-out split
+
+    def __post_init__(self) -> None:
+        _one_of("data.source", self.source, DATA_SOURCES)
+        _one_of("data.prompt_format", self.prompt_format, PROMPT_FORMATS)
+        if self.source in ("alpaca", "hub") and not self.path:
+            raise ConfigError("data.path", self.path, f"required when data.source={self.source}")
+        _positive("data.max_seq_len", self.max_seq_len)
+        _one_of("data.packing_strategy", self.packing_strategy, PACKING_STRATEGIES)
+        _positive("data.num_heldout", self.num_heldout)
+        _positive("data.num_train", self.num_train)
+        if self.max_examples is not None:
+            _positive("data.max_examples", self.max_examples)
+
+
+@dataclass
+class TrainConfig:
+    """The training loop (TRL SFTTrainer)."""
+
+    lr: float = 2e-4
+    max_steps: int | None = 40  # > 0; epochs is used only when max_steps is null
+    epochs: float | None = None
+    batch_size: int = 4
+    grad_accum: int = 1
+    warmup_steps: int = 4
+    scheduler: str = "linear"
+    max_grad_norm: float = 0.3  # QLoRA paper value
+    checkpointing: str = "full"  # none | full | selective | offload (harness/levers.py)
+    # share of decoder layers recomputed, for selective and offload; null = the mode's default
+    # (selective 0.5, offload 1.0 = every layer); none and full ignore it
+    checkpoint_fraction: float | None = None
+    # spread: the layers not recomputed evenly over the depth | top: the last ones, whose saved
+    # activations backward frees before any recompute starts (same math, a lower peak)
+    kept_layers: str = "spread"
+    # of the layers checkpoint_fraction takes off the GPU, this many keep their saved tensors in
+    # pinned host memory (copied out in forward, back ahead of backward) instead of recomputing
+    # (CUDA; harness/host_layers.py)
+    host_layers: int = 0
+    slim_activations: bool = False  # kept layers save norm/SwiGLU inputs only (harness/slim.py)
+    # a recomputed layer skips down_proj's frozen matmul, whose output backward never reads (same
+    # math; llama, qwen2, mistral layers; harness/trim.py)
+    trim_recompute: bool = False
+    kernels: str = "none"  # none | liger: Triton RMSNorm + SwiGLU (CUDA)
+    lora_kernel: str = "peft"  # peft | fused: one autograd op for the LoRA branch
+    dequant_kernel: str = "bnb"  # bnb | triton: 4-bit dequant inside lora_kernel=fused (CUDA)
+    frozen_dtype: str = "fp32"  # fp32 (peft's upcast) | bf16: embeddings, norms, head
+    # auto: the embeddings' dtype (frozen_dtype) | fp32: the plain stack's fp32 residual stream
+    # under bf16 weights (harness/residual.py)
+    residual_dtype: str = "auto"
+    # auto: the compute dtype | fp32 (with residual_dtype=fp32): q, k, v, gate and up return their
+    # base output plus LoRA branch in fp32, as the plain stack's peft modules do (residual.py)
+    projection_dtype: str = "auto"
+    embeddings_on_cpu: bool = False  # frozen input embedding table in host memory (CUDA)
+    head_on_cpu: bool = False  # frozen LM head in pinned host memory, copied in per forward (CUDA)
+    expandable_segments: bool = False  # PyTorch allocator: expandable segments (CUDA)
+    # PyTorch allocator: reserve at most this much; past it, it frees its cached blocks and retries
+    # before it raises OOM (CUDA; null: no cap)
+    memory_cap_gib: float | None = None
+    flat_optimizer: bool = False  # one optimizer update over all adapter tensors (same math)
+    # right-padded batches attend under the causal mask alone (no padding mask; same math):
+    # they keep the unmasked attention kernel (harness/train.py, CountingCollator)
+    causal_padding: bool = False
+    # one full collection before training, then every live object moves to the collector's
+    # permanent generation (gc.freeze): its full passes during training scan only what training
+    # makes (harness/measure.py, frozen_heap)
+    gc_freeze: bool = False
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    timing_warmup_steps: int = 2  # steps excluded from throughput (allocator, autotune, caches)
+    logging_steps: int = 1
+    eval_every_steps: int = 0  # held-out loss every N steps (0 = only at the end); feeds pruning
+    inject_fault: str = "none"  # tests only: none | oom | nan, raised at step 2
+    save_adapter: bool = True
+    merge: bool = False  # also write a merged 16-bit model
+    generations: int = 0  # greedy samples on fixed prompts, base vs tuned
+
+    def __post_init__(self) -> None:
+        if self.max_steps is None and self.epochs is None:
+            raise ConfigError("train.max_steps", None, "set max_steps or epochs")
+        if self.max_steps is not None and (
+            not isinstance(self.max_steps, int) or self.max_steps <= 0
+        ):
+            raise ConfigError("train.max_steps", self.max_steps, "must be an integer > 0")
+        if self.epochs is not None:
+            _positive("train.epochs", self.epochs)
+        _positive("train.lr", self.lr)
+        _positive("train.batch_size", self.batch_size)
+        _positive("train.grad_accum", self.grad_accum)
+        if self.warmup_steps < 0:
+            raise ConfigError("train.warmup_steps", self.warmup_steps, "must be >= 0")
+        _one_of("train.scheduler", self.scheduler, SCHEDULERS)
+        _positive("train.max_grad_norm", self.max_grad_norm)
+        _one_of("train.checkpointing", self.checkpointing, CHECKPOINTING)
+        if self.checkpoint_fraction is not None and not 0 < self.checkpoint_fraction <= 1:
+            raise ConfigError("train.checkpoint_fraction", self.checkpoint_fraction, "in (0, 1]")
+        _one_of("train.kept_layers", self.kept_layers, KEPT_LAYERS)
+        if not isinstance(self.host_layers, int) or self.host_layers < 0:
+            raise ConfigError("train.host_layers", self.host_layers, "must be an integer >= 0")
+        if self.host_layers and self.checkpointing not in ("selective", "offload"):
+            why = "takes layers that train.checkpointing=selective or offload would recompute"
+            raise ConfigError("train.host_layers", self.host_layers, why)
+        _one_of("train.kernels", self.kernels, KERNELS)
+        _one_of("train.lora_kernel", self.lora_kernel, LORA_KERNELS)
+        _one_of("train.dequant_kernel", self.dequant_kernel, DEQUANT_KERNELS)
+        if self.slim_activations and self.lora_kernel != "fused":
+            raise ConfigError("train.slim_activations", True, "needs train.lora_kernel=fused "
+                              "(the fused op saves the recipe in place of the output)")  # fmt: skip
+        if self.trim_recompute and self.lora_kernel != "fused":
+            raise ConfigError("train.trim_recompute", True, "needs train.lora_kernel=fused "
+                              "(the fused op is what skips the matmul)")  # fmt: skip
+        _one_of("train.frozen_dtype", self.frozen_dtype, FROZEN_DTYPES)
+        _one_of("train.residual_dtype", self.residual_dtype, RESIDUAL_DTYPES)
+        _one_of("train.projection_dtype", self.projection_dtype, PROJECTION_DTYPES)
+        if self.projection_dtype == "fp32" and self.residual_dtype != "fp32":
+            raise ConfigError(
+                "train.projection_dtype", "fp32", "needs train.residual_dtype=fp32 (fp32 stream)"
+            )
+        if self.memory_cap_gib is not None:
+            _positive("train.memory_cap_gib", self.memory_cap_gib)
+        _one_of("train.device", self.device, DEVICES)
+        _one_of("train.inject_fault", self.inject_fault, FAULTS)
+        if self.timing_warmup_steps < 0:
+            raise ConfigError("train.timing_warmup_steps", self.timing_warmup_steps, "must be >= 0")
+
+
+@dataclass
+class EvalConfig:
+    """Held-out loss/perplexity and lm-eval tasks."""
+
+    tasks: list[str] = field(default_factory=lambda: ["qh_embedded"])
+    limit: float | None = 32  # items per task (int) or fraction (<1); null = all
+    num_fewshot: int | None = None
+    batch_size: str = "auto"  # "auto" on CUDA; on the CPU, auto means 8
+    data_dir: str | None = None  # offline datasets; null = $HARNESS_DATA_DIR or ../shared/data
+    base_scores: bool = True  # also score the base model (cached per base model + quant)
+
+    def __post_init__(self) -> None:
+        if self.limit is not None:
+            _positive("eval.limit", self.limit)
+        self.tasks = list(self.tasks)
+
+
+@dataclass
+class TrialConfig:
+    """One trial: the sub-configs, passed separately to each stage."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def register_configs() -> None:
+    """Register the schema so Hydra type-checks every composed config against it."""
+    cs = ConfigStore.instance()
+    cs.store(name="trial_schema", node=_HydraRoot)
+
+
+@dataclass
+class _HydraRoot(TrialConfig):
+    """The composed root: the trial plus Hydra-side keys that are not part of a trial."""
+
+    sweep: Any = None  # sweeps/ overlays (Optuna); read by the sweep layer only
+    out_dir: str | None = None  # override of the record dir; default: the Hydra job dir
+
+
+TRIAL_GROUPS = ("model", "quant", "lora", "optim", "data", "train", "eval")
+
+
+def to_trial_config(cfg: DictConfig | dict) -> TrialConfig:
+    """Turn the composed config into a validated TrialConfig (raises ConfigError)."""
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    parts = {g: cfg.get(g) or {} for g in TRIAL_GROUPS}
+    return TrialConfig(
+        model=ModelConfig(**parts["model"]),
+        quant=QuantConfig(**parts["quant"]),
+        lora=LoraConfig(**parts["lora"]),
+        optim=OptimConfig(**parts["optim"]),
+        data=DataConfig(**parts["data"]),
+        train=TrainConfig(**parts["train"]),
+        eval=EvalConfig(**parts["eval"]),
+    )

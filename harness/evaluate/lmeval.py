@@ -1,0 +1,301 @@
+"""Quality: score the in-memory model with lm-eval, cache the base model's scores, pair them up.
+
+The numbers are lm-eval's own: the model is wrapped in lm-eval's ``HFLM`` and scored by
+``lm_eval.simple_evaluate`` on the task YAMLs of ``harness/tasks/`` (see ``lmeval_tasks``), the
+same files lm-eval's command line reads with ``--include_path``. tests/test_lmeval_parity.py
+checks that both give the same scores.
+
+Scores have one shape everywhere: ``{task: {metric: {"value", "stderr", "higher_is_better"}}}``.
+"""
+
+import fcntl
+import hashlib
+import importlib.metadata
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from harness.errors import ConfigError
+from harness.evaluate.registry import (
+    EMBEDDED_DIR_TOKEN,
+    TASK_PREFIX,
+    TASKS_DIR,
+    materialize_tasks,
+    tasks_fingerprint,
+)
+
+log = logging.getLogger(__name__)
+
+Scores = dict[str, dict[str, dict[str, Any]]]
+
+# The headline metric of each task: what a single "score" of a trial should read.
+PRIMARY_METRICS = {
+    "qh_arc_easy": "acc_norm",
+    "qh_arc_challenge": "acc_norm",
+    "qh_hellaswag": "acc_norm",
+    "qh_piqa": "acc_norm",
+    "qh_winogrande": "acc",
+    "qh_lambada": "acc",
+    "qh_wikitext2": "word_perplexity",
+    "qh_gsm8k": "exact_match_strict_match",
+    "qh_embedded": "exact_match",
+}
+_FALLBACK_METRICS = ("acc_norm", "acc", "exact_match", "exact_match_strict_match")
+
+
+def evaluate_lm(
+    model: Any,
+    tokenizer: Any,
+    tasks: list[str],
+    *,
+    data_dir: Path,
+    embedded_dir: Path | None,
+    limit: int | float | None,
+    batch_size: int | str,
+    num_fewshot: int | None = None,
+    seed: int = 0,
+    work_dir: Path,
+) -> Scores:
+    """Score an in-memory model (plain, quantized or peft-wrapped) on lm-eval tasks.
+
+    Args:
+        model: The causal LM to score, on its device; its train/eval mode is restored after.
+        tokenizer: Its tokenizer.
+        tasks: ``qh_*`` names of the harness's tasks, or any task name lm-eval ships.
+        data_dir: The offline datasets (``eval.data_dir``).
+        embedded_dir: Folder with ``heldout.jsonl`` for ``qh_embedded``, else None.
+        limit: Items per task (int), a fraction of each task (float <= 1), or None for all.
+        batch_size: An int, or "auto" / "auto:N" (lm-eval's probe; on a GPU only: elsewhere 1).
+        num_fewshot: Overrides each task's few-shot count (None keeps the YAML's).
+        seed: Seeds python, numpy, torch and the few-shot sampler, as ``lm_eval --seed``.
+        work_dir: Where the materialized tasks and lm-eval's raw results go.
+
+    Returns:
+        ``{task: {metric: {"value": float, "stderr": float | None, "higher_is_better": bool}}}``.
+    """
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    if not tasks:
+        raise ConfigError("eval.tasks", tasks, "at least one task")
+    _check_limit(limit)
+    if embedded_dir is None and any(_reads_embedded_dir(name) for name in tasks):
+        raise ConfigError("eval.tasks", tasks, "qh_embedded needs embedded_dir (its heldout.jsonl)")
+    include = materialize_tasks(
+        work_dir / "lm_eval_tasks", data_dir=data_dir, embedded_dir=embedded_dir
+    )
+    # Indexing lm-eval's own ~15k task YAMLs costs ~10 s: only when a non-harness task needs it.
+    needs_defaults = any(not name.startswith(TASK_PREFIX) for name in tasks)
+    manager = TaskManager(include_path=str(include), include_defaults=needs_defaults)
+    was_training = model.training
+    lm = HFLM(
+        pretrained=model, tokenizer=tokenizer, batch_size=resolve_batch_size(batch_size, model)
+    )
+    rng = _rng_state()
+    try:
+        results = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=list(tasks),
+            num_fewshot=num_fewshot,
+            limit=limit,
+            task_manager=manager,
+            log_samples=False,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+        )
+    finally:
+        model.train(was_training)
+        _restore_rng_state(rng)  # lm-eval reseeds the global RNGs; the trial's stream goes on
+    _write_json_atomic(work_dir / "lm_eval_results.json", results)
+    return scores_from_results(results)
+
+
+def scores_from_results(results: dict[str, Any]) -> Scores:
+    """lm-eval's results dict in the harness's shape.
+
+    lm-eval keys a metric ``"<metric>,<filter>"``. The default filter ("none") is dropped, any
+    other is appended with "_" for "-":
+    ``exact_match,strict-match`` -> ``exact_match_strict_match``.
+    A stderr lm-eval could not compute ("N/A", nan for one item) becomes None.
+    """
+    scores: Scores = {}
+    for task, metrics in results["results"].items():
+        directions = results.get("higher_is_better", {}).get(task, {})
+        out: dict[str, dict[str, Any]] = {}
+        for key, value in metrics.items():
+            metric, _, filt = key.partition(",")
+            if not filt or metric.endswith("_stderr") or not isinstance(value, int | float):
+                continue
+            name = metric if filt == "none" else f"{metric}_{filt.replace('-', '_')}"
+            out[name] = {
+                "value": float(value),
+                "stderr": _finite_or_none(metrics.get(f"{metric}_stderr,{filt}")),
+                "higher_is_better": bool(directions.get(metric, True)),
+            }
+        scores[task] = out
+    return scores
+
+
+def resolve_batch_size(batch_size: int | str, model: Any) -> int | str:
+    """The batch size to hand lm-eval: "auto" probes for OOM, which only a GPU reports."""
+    if isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > 0:
+        return batch_size
+    if isinstance(batch_size, str) and batch_size.split(":")[0] == "auto":
+        device = getattr(model, "device", None)
+        return batch_size if getattr(device, "type", "cpu") == "cuda" else 1
+    raise ConfigError("eval.batch_size", batch_size, 'a positive int, "auto" or "auto:N"')
+
+
+def primary_metric(task: str, metrics: dict[str, Any]) -> str | None:
+    """The headline metric of ``task`` among ``metrics`` (e.g. acc_norm for ARC), else None."""
+    for name in (PRIMARY_METRICS.get(task), *_FALLBACK_METRICS):
+        if name in metrics:
+            return name
+    return next(iter(metrics), None)
+
+
+def base_scores_cached(
+    key: dict[str, Any], compute: Callable[[], Scores], *, cache_file: Path
+) -> Scores:
+    """Base-model scores from ``cache_file``, computed by ``compute()`` on a miss.
+
+    Args:
+        key: What the scores depend on: model identity (name, revision or weights hash), quant
+            settings, tasks, limit, num_fewshot, data dir. The lm-eval version and a hash of the
+            shipped task files are added here, so a changed YAML or lm-eval never hits a stale
+            entry.
+        compute: Scores the base model; called only on a miss.
+        cache_file: A JSON file ``{sha1: {"key": ..., "scores": ...}}`` shared by all trials;
+            rewritten atomically under a file lock, so parallel trials never lose an entry.
+
+    Returns:
+        The scores, in ``evaluate_lm``'s shape.
+    """
+    full_key = {
+        **key,
+        "lm_eval_version": importlib.metadata.version("lm_eval"),
+        "tasks_fingerprint": tasks_fingerprint(),
+    }
+    digest = hashlib.sha1(json.dumps(full_key, sort_keys=True, default=str).encode()).hexdigest()
+    hit = _read_cache(cache_file).get(digest)
+    if hit is not None:
+        return hit["scores"]
+    scores = compute()
+    with _locked(cache_file):
+        entries = _read_cache(cache_file)  # re-read: another trial may have added entries
+        entries[digest] = {"key": full_key, "scores": scores}
+        _write_json_atomic(cache_file, entries)
+    return scores
+
+
+def merge_before_after(before: Scores, after: Scores) -> Scores:
+    """Pair base and tuned scores: ``{task: {metric: {before, after, delta, stderr_before,
+    stderr_after, higher_is_better}}}``; a side missing a task or metric reads None."""
+    merged: Scores = {}
+    for task in [*after, *(t for t in before if t not in after)]:
+        b_task, a_task = before.get(task, {}), after.get(task, {})
+        merged[task] = {}
+        for metric in [*a_task, *(m for m in b_task if m not in a_task)]:
+            b, a = b_task.get(metric) or {}, a_task.get(metric) or {}
+            b_val, a_val = b.get("value"), a.get("value")
+            merged[task][metric] = {
+                "before": b_val,
+                "after": a_val,
+                "delta": None if a_val is None or b_val is None else a_val - b_val,
+                "stderr_before": b.get("stderr"),
+                "stderr_after": a.get("stderr"),
+                "higher_is_better": a.get("higher_is_better", b.get("higher_is_better", True)),
+            }
+    return merged
+
+
+def _rng_state() -> tuple[Any, ...]:
+    import random
+
+    import numpy as np
+    import torch
+
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    return random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda
+
+
+def _restore_rng_state(state: tuple[Any, ...]) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    py, np_state, cpu, cuda = state
+    random.setstate(py)
+    np.random.set_state(np_state)
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _reads_embedded_dir(task: str) -> bool:
+    path = TASKS_DIR / f"{task}.yaml"
+    return path.is_file() and EMBEDDED_DIR_TOKEN in path.read_text()
+
+
+def _check_limit(limit: int | float | None) -> None:
+    if limit is None:
+        return
+    if isinstance(limit, bool) or not isinstance(limit, int | float) or limit <= 0:
+        raise ConfigError("eval.limit", limit, "null, a positive int, or a fraction in (0, 1]")
+    if isinstance(limit, float) and limit > 1:
+        raise ConfigError("eval.limit", limit, "a float limit is a fraction in (0, 1]")
+
+
+def _finite_or_none(value: Any) -> float | None:
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {}
+    except json.JSONDecodeError as e:  # only a hand edit can do this: writes are atomic
+        log.warning("ignoring unreadable score cache %s (%s); recomputing", path, e)
+        return {}
+
+
+@contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    """A temp file beside ``path``, fsync, rename: readers see the old file or the new one."""
+    from lm_eval.utils import handle_non_serializable
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, default=handle_non_serializable)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,182 @@
+"""What every sweep shares, Hydra `-m` grid or Optuna study: one summary row per trial, the
+failure-rate limit, the base-model pool of a sweep process, and the (optional) report step.
+
+    python -m harness -m lora.r=4,16,64     # -> outputs/sweeps/<time>/summary.csv (+ report/)
+"""
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+# Summary columns after the swept keys: (column, dotted path into the record). Units in the names.
+METRICS: tuple[tuple[str, str], ...] = (
+    ("status", "status"),
+    ("score", "score"),
+    ("loss_eval", "loss.eval"),
+    ("loss_final_train", "loss.final_train"),
+    ("loss_tokens_per_s", "throughput.loss_tokens_per_s"),
+    ("step_time_median_s", "throughput.step_time_median_s"),
+    ("peak_vram_reserved_gib", "peak_vram_reserved_gib"),
+    ("peak_vram_allocated_gib", "peak_vram_allocated_gib"),
+    ("peak_rss_gib", "peak_rss_gib"),
+    ("params_trainable", "params.trainable"),
+    ("time_load_s", "timings_s.load"),
+    ("time_total_s", "timings_s.total"),
+    ("error", "error"),
+)
+FAILED = ("failed", "oom")  # statuses the failure-rate limit counts; pruned is a healthy result
+
+_POOL = None
+
+
+def get_path(rec: dict, path: str) -> Any:
+    """``get_path(rec, "loss.eval")`` -> rec["loss"]["eval"], or None where any part is missing."""
+    node: Any = rec
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def override_items(overrides: Iterable[str]) -> dict[str, str]:
+    """``["lora.r=16", "+x=1", "quant=fp4"]`` -> {"lora.r": "16", "x": "1", "quant": "fp4"}."""
+    items = {}
+    for ov in overrides:
+        key, sep, val = ov.partition("=")
+        if sep and key != "out_dir":
+            items[key.lstrip("+~")] = val
+    return items
+
+
+def swept_keys(records: Sequence[dict]) -> list[str]:
+    """Override keys whose value differs between records (all override keys if only one)."""
+    seen: dict[str, set[str]] = {}
+    for rec in records:
+        for key, val in override_items(rec.get("overrides") or []).items():
+            seen.setdefault(key, set()).add(val)
+    varying = [k for k, vals in seen.items() if len(vals) > 1 or len(records) == 1]
+    # a key missing from some records also varies (they ran with the default)
+    partial = [k for k in seen if k not in varying and _missing_somewhere(records, k)]
+    return sorted(varying + partial)
+
+
+def _missing_somewhere(records: Sequence[dict], key: str) -> bool:
+    return any(key not in override_items(r.get("overrides") or []) for r in records)
+
+
+def summary_frame(
+    records: Sequence[dict], keys: Sequence[str] | None = None, *, extra: dict | None = None
+) -> pd.DataFrame:
+    """One row per record: the swept config keys, then METRICS, then the record dir.
+
+    Args:
+        records: trial records, each with a ``_dir`` entry (where its record.json lives).
+        keys: config columns; by default the override keys that vary (`swept_keys`).
+        extra: {column: [value per record]} appended before the record dir (e.g. Optuna numbers).
+    """
+    keys = list(keys) if keys is not None else swept_keys(records)
+    rows = []
+    for rec in records:
+        items = override_items(rec.get("overrides") or [])
+        row = {k: items.get(k, _config_value(rec, k)) for k in keys}
+        row.update({col: get_path(rec, path) for col, path in METRICS})
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=[*keys, *(c for c, _ in METRICS)])
+    for col, vals in (extra or {}).items():
+        frame[col] = list(vals)
+    frame["record_dir"] = [str(r.get("_dir", "")) for r in records]
+    return frame
+
+
+def _config_value(rec: dict, key: str) -> Any:
+    """The resolved value of a key that was not overridden (a group choice or a config field)."""
+    if "." not in key:
+        return (rec.get("choices") or {}).get(key)
+    return get_path(rec.get("config") or {}, key)
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> Path:
+    """Write atomically (temp file + rename): a summary is never seen half-written, even with
+    several workers finishing at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def format_table(frame: pd.DataFrame) -> str:
+    """The summary as a fixed-width table for the terminal (errors cut to one short line)."""
+    shown = frame.drop(columns=["record_dir"], errors="ignore")
+    shown = shown.loc[:, shown.notna().any() | (shown.columns == "error")].copy()  # not measured
+    if "error" in shown:
+        shown["error"] = shown["error"].map(lambda e: "" if pd.isna(e) else str(e)[:60])
+    for col in shown.select_dtypes(include="object").columns:
+        shown[col] = shown[col].where(shown[col].notna(), "-")
+    with pd.option_context("display.width", 250, "display.max_columns", 50):
+        return shown.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-")
+
+
+@dataclass
+class FailureLimit:
+    """Stop a sweep in which (nearly) everything fails, instead of burning the budget.
+
+    Trips on `consecutive` failed/oom results in a row, or on more than `rate` of all results
+    failing once at least `min_trials` have finished. Pruned trials are healthy results.
+    """
+
+    consecutive: int = 5
+    rate: float = 0.8
+    min_trials: int = 5
+
+    def check(self, statuses: Sequence[str]) -> str | None:
+        """None while the sweep may go on; else why it must stop."""
+        tail = 0
+        for status in reversed(statuses):
+            if status not in FAILED:
+                break
+            tail += 1
+        if self.consecutive and tail >= self.consecutive:
+            return f"the last {tail} trials all failed (status failed/oom)"
+        n_failed = sum(s in FAILED for s in statuses)
+        if len(statuses) >= self.min_trials and n_failed > self.rate * len(statuses):
+            return f"{n_failed} of {len(statuses)} trials failed (limit: {self.rate:.0%})"
+        return None
+
+
+def process_pool():
+    """The sweep process's `BasePool`: trials in one process with the same base model and quant
+    settings swap adapters instead of reloading and re-quantizing the base."""
+    global _POOL
+    if _POOL is None:
+        from harness.trial.model import BasePool
+
+        _POOL = BasePool()
+    return _POOL
+
+
+def run_report(source: Any, out_dir: Path, *, title: str) -> dict[str, Path] | None:
+    """Build the sweep report (harness.report) if that module is available; never fails the
+    sweep: the summary CSV is already written when this runs."""
+    try:
+        from harness.analysis.report import build_report
+    except ImportError as e:
+        log.warning("report skipped: harness.report is not available (%s)", e)
+        return None
+    try:
+        files = build_report(source, out_dir, title=title)
+    except Exception as e:  # noqa: BLE001 - a broken report must not lose the sweep's results
+        log.warning("report failed (%s: %s); the summary CSV is complete", type(e).__name__, e)
+        return None
+    print(f"report: {files.get('report.html', out_dir)}")
+    return files

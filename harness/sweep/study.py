@@ -1,0 +1,257 @@
+"""Optuna studies over the one trial routine: durable, resumable, shared by several workers.
+
+    python -m harness.study sweeps/tpe.yaml                       # run, or resume, the study
+    python -m harness.study sweeps/tpe.yaml model=qwen2.5-1.5b train.device=cuda --n-trials 64
+    python -m harness.study sweeps/rank.yaml --isolate            # a fresh process per trial
+    python -m harness.study sweeps/tpe.yaml --storage postgresql://user@db-host/optuna  # hosts
+
+Rerunning the same command resumes: finished trials are kept, a trial whose worker died is failed
+once its heartbeat is `grace` s old and run again, and n_trials is the study's total. Several
+workers (one per GPU: CUDA_VISIBLE_DEVICES=i, or one per host) share a study through its storage.
+Exit codes: 0 done, 2 bad settings, 3 stopped by the failure-rate limit, 130 interrupted.
+"""
+
+import argparse
+import logging
+import os
+import socket
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+from optuna.trial import TrialState
+
+from harness.errors import ConfigError
+from harness.sweep.grid import process_pool
+from harness.sweep.run import check_study, record_attrs, run_in_process, run_isolated
+from harness.sweep.spec import (
+    StudySpec,
+    load_spec,
+    make_pruner,
+    make_sampler,
+    objective_values,
+    suggest_overrides,
+)
+from harness.sweep.storage import (
+    Heartbeat,
+    default_storage,
+    normalize_url,
+    open_storage,
+    progress,
+    study_lock,
+)
+from harness.sweep.summary import summarize
+
+log = logging.getLogger("harness.study")
+# Heartbeats, stale-trial retries and fail_stale_trials are "experimental" since Optuna 2.8 and
+# stable in use; the driver beats itself (Heartbeat), which is what the ask/tell warning is about.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with")
+STATUS_OF = {TrialState.COMPLETE: "success", TrialState.PRUNED: "pruned"}
+
+
+class Driver:
+    """One worker of one study: ask under the study lock, run, tell; until n_trials results."""
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        spec_path: Path,
+        base: list[str],
+        *,
+        out_root: Path,
+        isolate: bool,
+        report: bool,
+    ) -> None:
+        self.spec, self.spec_path, self.base = spec, spec_path, base
+        self.isolate, self.report = isolate, report
+        self.study_dir = out_root / spec.name
+        self.url = normalize_url(spec.storage or default_storage(spec.name, out_root))
+        hb = {"interval": 60, "grace": 180, "max_retry": 2, **spec.heartbeat}
+        self.pool = None if isolate else process_pool()
+        with study_lock(self.url, spec.name):  # first workers race to create the tables/study
+            self.storage = open_storage(self.url, **hb)
+            self.study = optuna.create_study(
+                storage=self.storage,
+                study_name=spec.name,
+                directions=spec.directions,
+                sampler=make_sampler(spec),
+                pruner=make_pruner(spec),
+                load_if_exists=True,
+            )
+        wanted = [optuna.study.StudyDirection[d.upper()] for d in spec.directions]
+        if self.study.directions != wanted:
+            raise ConfigError(
+                "objectives",
+                spec.directions,
+                f"study {spec.name!r} in {self.url} "
+                f"has {[d.name.lower() for d in self.study.directions]}",
+            )
+        self.first_number = len(self.study.get_trials(deepcopy=False))
+
+    def run(self) -> int:
+        n = self.spec.n_trials
+        log.info("study %r in %s: %d trials in all", self.spec.name, self.url, n)
+        waiting = False
+        while True:
+            with study_lock(self.url, self.spec.name):
+                optuna.storages.fail_stale_trials(self.study)
+                prog = progress(self.study)
+                nxt = self._ask() if prog.taken < n else None
+            if nxt is None:
+                if len(prog.results) >= n or not prog.running:
+                    break
+                if not waiting:  # a trial of another worker, or of a killed run not yet stale
+                    log.info(
+                        "waiting for running trials %s to finish or go stale",
+                        [t.number for t in prog.running],
+                    )
+                waiting = True
+                time.sleep(min(self.storage.get_heartbeat_interval() or 10, 10))
+                continue
+            waiting = False
+            self._run(*nxt)
+            why = self.spec.limit.check(self._statuses()) if prog.taken + 1 < n else None
+            if why:  # (a study whose last trial just ran has nothing left to stop)
+                summarize(self.study, self.spec, self.study_dir, report=False)
+                print(
+                    f"study {self.spec.name!r} stopped by the failure-rate limit: {why}. "
+                    f"Look at the trials' error.txt under {self.study_dir}, fix the cause, "
+                    "and rerun the same command to resume.",
+                    file=sys.stderr,
+                )
+                return 3
+        summarize(self.study, self.spec, self.study_dir, report=self.report)
+        return 0
+
+    def _ask(self) -> tuple[optuna.Trial, list[str], Path]:
+        """Create (or pop a queued retry of) a trial and draw all its params, under the lock."""
+        number = len(self.study.get_trials(deepcopy=False))  # the next one, under the lock
+        self.study.sampler = make_sampler(self.spec, trial_number=number)
+        trial = self.study.ask()
+        overrides = [*self.base, *suggest_overrides(trial, self.spec)]
+        self.storage.record_heartbeat(trial._trial_id)  # stale detection needs one beat
+        out_dir = self.study_dir / f"trial_{trial.number}"
+        if (out_dir / "record.json").exists():  # left by an older study of the same name
+            out_dir = out_dir.with_name(f"{out_dir.name}_{os.urandom(3).hex()}")
+        trial.set_user_attr("record_dir", str(out_dir.resolve()))
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        retried = self.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+        log.info(
+            "trial %d%s: %s",
+            trial.number,
+            f" (retry of {retried})" if retried is not None else "",
+            " ".join(overrides[len(self.base) :]),
+        )
+        return trial, overrides, out_dir
+
+    def _run(self, trial: optuna.Trial, overrides: list[str], out_dir: Path) -> None:
+        with Heartbeat(self.storage, trial._trial_id):
+            if self.isolate:
+                rec = run_isolated(
+                    spec_path=self.spec_path,
+                    study=self.spec.name,
+                    storage=self.url,
+                    trial_id=trial._trial_id,
+                    overrides=overrides,
+                    out_dir=out_dir,
+                )
+            else:
+                rec = run_in_process(trial, self.spec, overrides, out_dir, self.pool)
+            self._tell(trial, rec, out_dir)
+
+    def _tell(self, trial: optuna.Trial, rec: dict, out_dir: Path) -> None:
+        """Failures are results: oom / failed trials end FAIL *with* a status attr (so they count
+        toward n_trials and are never rerun); the samplers leave FAIL trials out of their model."""
+        for key, value in record_attrs(rec, out_dir).items():
+            trial.set_user_attr(key, value)
+        for con in self.spec.constraints:
+            value = con.value(rec)
+            if value is not None:  # not measured (CPU VRAM, pruned early): nothing shows a breach
+                trial.set_constraint(str(con), value)
+        values = objective_values(self.spec, rec)
+        status = rec.get("status")
+        if status == "success" and values is None:
+            metrics = [o.metric for o in self.spec.objectives]
+            trial.set_user_attr("error", f"an objective is missing or not finite: {metrics}")
+        state = {"pruned": TrialState.PRUNED}.get(status, TrialState.FAIL)
+        try:
+            if status == "success" and values is not None:
+                self.study.tell(trial, values)
+            else:
+                self.study.tell(trial, state=state)
+        except RuntimeError as e:
+            # GridSampler calls study.stop() after the last grid point, which raises outside
+            # study.optimize (documented for ask-and-tell, optuna#5141). The state is already
+            # stored; the driver's own count ends the loop.
+            if "Study.stop" not in str(e):
+                raise
+        log.info(
+            "trial %d: %s%s",
+            trial.number,
+            status,
+            f" {values}" if values and status == "success" else f" ({rec.get('error')})",
+        )
+
+    def _statuses(self) -> list[str]:
+        """Statuses of the results this run has seen finish (any worker), in trial order."""
+        res = progress(self.study).results
+        return [
+            t.user_attrs.get("status") or STATUS_OF.get(t.state, "failed")
+            for t in res
+            if t.number >= self.first_number
+        ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m harness.study",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("spec", type=Path, help="sweeps/<name>.yaml")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides for every trial")
+    p.add_argument("--storage", help="SQLAlchemy URL (default sqlite:///<out-root>/<name>.db)")
+    p.add_argument("--n-trials", type=int, help="the study's total (default: the file's)")
+    p.add_argument("--name", help="study name (default: the file's)")
+    p.add_argument("--isolate", action="store_true", help="one process per trial (no reuse)")
+    p.add_argument("--out-root", type=Path, default=Path("outputs/studies"))
+    p.add_argument("--heartbeat", type=int, help="heartbeat interval, s (default 60)")
+    p.add_argument("--grace", type=int, help="a trial silent this long (s) is failed (180)")
+    p.add_argument("--no-report", action="store_true", help="summary CSV only, no report")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
+    try:
+        spec = load_spec(args.spec, n_trials=args.n_trials, storage=args.storage, name=args.name)
+        beat = {"interval": args.heartbeat, "grace": args.grace}
+        spec.heartbeat.update({k: v for k, v in beat.items() if v is not None})
+        base = [*spec.overrides, *args.overrides]
+        check_study(spec, base)
+        driver = Driver(
+            spec,
+            args.spec,
+            base,
+            out_root=args.out_root,
+            isolate=args.isolate,
+            report=not args.no_report,
+        )
+    except (ConfigError, OmegaConfBaseException, HydraException) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as e:  # a bad or unreachable --storage
+        print(f"error: cannot open the study storage: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    try:
+        return driver.run()
+    except KeyboardInterrupt:
+        print(
+            "interrupted: the running trial is failed and run again when the study resumes "
+            f"(after its {driver.storage.grace_period} s grace period)",
+            file=sys.stderr,
+        )
+        return 130
