@@ -1,6 +1,7 @@
 """The Hydra entry: compose -> validate -> run one trial -> print where the record is."""
 
 import logging
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,12 +11,25 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue, ValidationError
 
+from harness.config.migrate import migrate_override
 from harness.config.schema import register_configs, to_trial_config
 from harness.errors import ConfigError
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 log = logging.getLogger("harness")
-register_configs()
+
+
+def main() -> None:
+    """`python -m harness [overrides]`: register the schema, migrate old keys, run Hydra."""
+    register_configs()
+    args = sys.argv[1:]
+    migrated = [a if a.startswith("-") else migrate_override(a) for a in args]
+    if migrated != args:
+        old = " ".join(a for a, m in zip(args, migrated, strict=True) if a != m)
+        print(f"note: {old}: engine levers are engine.* keys now; ran with today's keys",
+              file=sys.stderr)  # fmt: skip
+        sys.argv[1:] = [m for m in migrated if m is not None]
+    _hydra_main()
 
 
 def job_context() -> tuple[list[str], dict, Path]:
@@ -26,17 +40,15 @@ def job_context() -> tuple[list[str], dict, Path]:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(dcfg: DictConfig) -> float | None:
+def _hydra_main(dcfg: DictConfig) -> float | None:
     """Run one trial; in a multirun every job lands here."""
-    from harness.trial.pipeline import run_trial
-
     quiet_libraries()
     try:
         cfg = to_trial_config(dcfg)
         overrides, choices, out_dir = job_context()
         if dcfg.get("out_dir"):
             out_dir = Path(dcfg.out_dir)
-        rec = run_trial(cfg, out_dir, overrides=overrides, choices=choices, pool=_sweep_pool())
+        rec = _run_job(cfg, overrides, choices, out_dir)
     except (ConfigError, MissingMandatoryValue, ValidationError) as e:
         print(f"error: {_config_message(e)}", file=sys.stderr)
         sys.exit(2)
@@ -44,13 +56,24 @@ def main(dcfg: DictConfig) -> float | None:
     return rec.get("score")
 
 
-def _sweep_pool():
-    """In a multirun, the jobs of this process share one quantized base (adapter swap)."""
-    if HydraConfig.get().mode != RunMode.MULTIRUN:
-        return None
-    from harness.sweep.grid import process_pool
+def _run_job(cfg, overrides: list[str], choices: dict, out_dir: Path) -> dict:
+    """In a multirun, the jobs of this process share one quantized base per engine; a job whose
+    engine patches a library differently from what this process already has runs in its own
+    process instead (nothing is undone)."""
+    from harness.sweep.pool import needs_own_process, process_pool
+    from harness.trial.pipeline import run_trial
+    from harness.trial.record import read_record
 
-    return process_pool()
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        return run_trial(cfg, out_dir, overrides=overrides, choices=choices)
+    if not needs_own_process(cfg.engine):
+        return run_trial(cfg, out_dir, overrides=overrides, choices=choices, pool=process_pool())
+    cmd = [sys.executable, "-m", "harness", *overrides, f"out_dir={out_dir}",
+           f"hydra.run.dir={out_dir / 'process'}"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode == 2:
+        raise ConfigError("overrides", " ".join(overrides), proc.stderr.strip().splitlines()[-1])
+    return read_record(out_dir)
 
 
 def quiet_libraries() -> None:

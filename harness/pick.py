@@ -1,6 +1,6 @@
 """Name the best settings for a GPU budget.
 
-    python -m harness.pick outputs/sweeps/<dir> --budget-gib 24
+python -m harness.pick outputs/sweeps/<dir> --budget-gib 24
 """
 
 import sys

@@ -1,6 +1,6 @@
 """Build the HTML/Markdown report from records or a study.
 
-    python -m harness.report outputs/sweeps/<dir>
+python -m harness.report outputs/sweeps/<dir>
 """
 
 import sys

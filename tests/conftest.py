@@ -11,8 +11,13 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from harness.cli import CONF_DIR
+from harness.config.schema import register_configs
 
 REPO = Path(__file__).resolve().parents[1]
+# tests/faults.py reaches the trials the tests start (`train.callbacks=[faults.OomAtStep2]`)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p
+)
 # A trial that takes seconds on 2 CPU cores: 2-layer random llama, a few steps, no lm-eval.
 TINY = [
     "model=tiny-llama",
@@ -31,6 +36,7 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 
 def compose_cfg(overrides: list[str] | None = None):
     """The composed DictConfig, exactly as `python -m harness` would see it."""
+    register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides or []))
 
@@ -77,7 +83,9 @@ def tiny_4bit(dropout: float = 0.0, r: int = 8, device: str = "cpu"):
     qcfg = QuantConfig(type="nf4", double_quant=True, compute_dtype="bf16")
     base = models.load_base(str(weights), qcfg, device=device)
     lcfg = LoraConfig(r=r, alpha=2 * r, dropout=dropout)
-    model = models.attach_adapter(base, lcfg, qcfg, targets="all-linear", checkpointing=False)
+    model = models.attach_adapter(
+        base, lcfg, qcfg, targets="all-linear", checkpointing=False, seed=0
+    )
     return lora_b_random(model)
 
 

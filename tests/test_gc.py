@@ -1,6 +1,5 @@
-"""The garbage collector's measured pauses (harness/measure.py), recorded with every trial's
-throughput. (A `train.gc_freeze` lever, gc.freeze() at train start, was measured on the H200 and
-dropped: plain +0.6%, not measured on the fast preset; BENCHMARKS.md, fifth round.)"""
+"""The garbage collector's measured pauses (harness/trial/measure.py), recorded with every trial's
+throughput, and engine.gc_freeze's frozen heap around training."""
 
 import gc
 

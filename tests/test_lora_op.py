@@ -1,98 +1,93 @@
-"""train.lora_kernel=fused (harness/lora_op.py, harness/lora_triton.py): the one-op LoRA Linear
-computes peft's function and gradients, on the real 4-bit layers; its Triton dropout kernels
-match a float64-free reference built from the very mask they draw (Triton's interpreter on the
+"""engine.lora_kernel=fused (harness/engine/lora_op.py, lora_layer.py, lora_triton.py): the one-op
+LoRA Linear computes peft's function and gradients, on the real 4-bit layers; its Triton dropout
+kernels match a float64 reference built from the very mask they draw (Triton's interpreter on the
 CPU; the compiled kernels on CUDA)."""
-
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
-from conftest import REPO, loss_and_grads, requires_cuda, tiny_4bit
+from conftest import requires_cuda
+from engine_models import (
+    assert_close,
+    build,
+    ecfg,
+    enable_checkpointing,
+    in_interpreter,
+    run_interpreted,
+    step,
+    tiny_4bit,
+)
 
-from harness.config.schema import TrainConfig
-from harness.engine import build as levers
 from harness.engine import lora_op
 
-KERNEL_CHECK = textwrap.dedent("""
-    import sys, torch
-    from harness.engine.lora_triton import lora_a_forward, lora_a_grad, lora_x_grad_add
-    dev, dt = sys.argv[1], getattr(torch, sys.argv[2])
-    torch.manual_seed(int(sys.argv[3]))
-    for n, k, r in [(100, 300, 8), (257, 1032, 16), (64, 128, 33)]:
-        p, seed, c = 0.25, int(torch.randint(0, 2**31 - 1, (1,))), 0.7
-        # the kernels' own mask: gx += m * (e0 @ e0-row) is m itself
-        keep = torch.zeros(n, k, dtype=dt, device=dev)
-        hot = torch.zeros(n, r, dtype=dt, device=dev); hot[:, 0] = 1
-        ahot = torch.zeros(r, k, dtype=dt, device=dev); ahot[0] = 1
-        keep = lora_x_grad_add(keep, hot, ahot, p, seed).float()
-        assert ((keep == 0) | (keep == 1)).all(), "mask not binary"
-        assert abs(keep.mean().item() - (1 - p)) < 0.03, keep.mean().item()
-        x, a = torch.randn(n, k, device=dev).to(dt), torch.randn(r, k, device=dev).to(dt)
-        g, g0 = torch.randn(n, r, device=dev).to(dt), torch.randn(n, k, device=dev).to(dt)
-        xd = x.double() * keep.double()
-        # the default launch configs, and others (split K, smaller tiles) that must agree
-        w = {"num_warps": 4, "num_stages": 2}
-        alt = ({"BM": 16, "BK": 64, "SPLIT": 3, **w}, {"BN": 32, "BK": 64, "ROWS": 64, **w},
-               {"BM": 32, "BK": 64, **w})
-        checks = {
-            "forward": (lora_a_forward(x, a, p, seed, c), c * xd @ a.double().t()),
-            "grad_a": (lora_a_grad(g, x, p, seed), g.double().t() @ xd),
-            "grad_x": (lora_x_grad_add(g0.clone(), g, a, p, seed),
-                       g0.double() + (g.double() @ a.double()) * keep.double()),
-        }
-        checks["forward split-K"] = (lora_a_forward(x, a, p, seed, c, alt[0]), checks["forward"][1])
-        checks["grad_a rows"] = (lora_a_grad(g, x, p, seed, alt[1]), checks["grad_a"][1])
-        checks["grad_x tiles"] = (lora_x_grad_add(g0.clone(), g, a, p, seed, alt[2]),
-                                  checks["grad_x"][1])
-        for name, (out, ref) in checks.items():
-            err = ((out.double() - ref).norm() / ref.norm()).item()
-            # fp32: exact in the interpreter, tf32 dots on the GPU (~3e-4); 16-bit: output rounding
-            tol = (1e-5 if dev == "cpu" else 2e-3) if dt == torch.float32 else 2e-2
-            assert err < tol, (name, n, k, r, err)
-        # a second draw with another seed gives another mask
-        other = lora_x_grad_add(torch.zeros_like(g0), hot, ahot, p, seed + 1).float()
-        assert (other != keep).any()
-    print("kernels ok")
-""")
+SHAPES = [(100, 300, 8), (257, 1032, 16), (64, 128, 33)]  # rows, in_features, rank
+# the interpreter's numpy has no bf16: fp16 and fp32 on the CPU; bf16 runs compiled on CUDA
+DEVICE_DTYPES = [
+    pytest.param("cpu", torch.float32, id="interpreter-fp32", marks=in_interpreter),
+    pytest.param("cpu", torch.float16, id="interpreter-fp16", marks=in_interpreter),
+    pytest.param("cuda", torch.bfloat16, id="cuda-bf16", marks=[requires_cuda, pytest.mark.gpu]),
+    pytest.param("cuda", torch.float32, id="cuda-fp32", marks=[requires_cuda, pytest.mark.gpu]),
+]
 
 
-def _kernel_check(device: str, dtype: str, seed: int = 0, env: dict | None = None):
-    proc = subprocess.run(
-        [sys.executable, "-c", KERNEL_CHECK, device, dtype, str(seed)],
-        cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0 and "kernels ok" in proc.stdout, proc.stderr[-3000:]
+def _mask(kernels, n, k, r, p, seed, dtype, device) -> torch.Tensor:
+    """The kernels' own keep-mask, read back: gx += m * (e0 @ e0-row) is m itself."""
+    hot = torch.zeros(n, r, dtype=dtype, device=device)
+    hot[:, 0] = 1
+    ahot = torch.zeros(r, k, dtype=dtype, device=device)
+    ahot[0] = 1
+    keep = torch.zeros(n, k, dtype=dtype, device=device)
+    return kernels.lora_x_grad_add(keep, hot, ahot, p, seed).float()
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_triton_dropout_kernels_match_the_reference_in_the_interpreter(dtype):
-    """Triton's interpreter runs the kernels on CPU tensors (its numpy has no bf16: fp16 and fp32
-    here; bf16 runs compiled on CUDA below)."""
-    pytest.importorskip("triton", reason="triton not installed (it ships with CUDA torch)")
-    _kernel_check("cpu", dtype, env={"TRITON_INTERPRET": "1"})
+@pytest.mark.parametrize("n,k,r", SHAPES)
+@pytest.mark.parametrize("device,dtype", DEVICE_DTYPES)
+def test_triton_dropout_kernels_match_the_reference(device, dtype, n, k, r):
+    from harness.engine import lora_triton as kernels
+
+    torch.manual_seed(n)
+    p, seed, c = 0.25, int(torch.randint(0, 2**31 - 1, (1,))), 0.7
+    keep = _mask(kernels, n, k, r, p, seed, dtype, device)
+    assert ((keep == 0) | (keep == 1)).all(), "mask not binary"
+    assert abs(keep.mean().item() - (1 - p)) < 0.03, keep.mean().item()
+    x, a = torch.randn(n, k, device=device).to(dtype), torch.randn(r, k, device=device).to(dtype)
+    g, g0 = torch.randn(n, r, device=device).to(dtype), torch.randn(n, k, device=device).to(dtype)
+    xd = x.double() * keep.double()
+    # the default launch configs, and others (split K, smaller tiles) that must agree
+    w = {"num_warps": 4, "num_stages": 2}
+    alt = ({"BM": 16, "BK": 64, "SPLIT": 3, **w}, {"BN": 32, "BK": 64, "ROWS": 64, **w},
+           {"BM": 32, "BK": 64, **w})  # fmt: skip
+    forward, grad_a = c * xd @ a.double().t(), g.double().t() @ xd
+    grad_x = g0.double() + (g.double() @ a.double()) * keep.double()
+    checks = {
+        "forward": (kernels.lora_a_forward(x, a, p, seed, c), forward),
+        "grad_a": (kernels.lora_a_grad(g, x, p, seed), grad_a),
+        "grad_x": (kernels.lora_x_grad_add(g0.clone(), g, a, p, seed), grad_x),
+        "forward split-K": (kernels.lora_a_forward(x, a, p, seed, c, alt[0]), forward),
+        "grad_a rows": (kernels.lora_a_grad(g, x, p, seed, alt[1]), grad_a),
+        "grad_x tiles": (kernels.lora_x_grad_add(g0.clone(), g, a, p, seed, alt[2]), grad_x),
+    }
+    # fp32: exact in the interpreter, tf32 dots on the GPU (~3e-4); 16-bit: output rounding
+    tol = (1e-5 if device == "cpu" else 2e-3) if dtype == torch.float32 else 2e-2
+    for name, (out, ref) in checks.items():
+        err = ((out.double() - ref).norm() / ref.norm()).item()
+        assert err < tol, (name, err)
+    # a second draw with another seed gives another mask
+    assert (_mask(kernels, n, k, r, p, seed + 1, dtype, device) != keep).any()
 
 
-@requires_cuda
-@pytest.mark.gpu
-def test_triton_dropout_kernels_match_the_reference_on_cuda():
-    _kernel_check("cuda", "bfloat16", seed=1)
-    _kernel_check("cuda", "float32", seed=2)
-
-
-_loss_grads = loss_and_grads
+def test_triton_dropout_kernels_run_in_the_interpreter():
+    """The interpreter cases above, in a process started with Triton's interpreter on."""
+    run_interpreted(__file__, expected=2 * len(SHAPES))
 
 
 def test_fused_op_matches_peft_on_real_4bit_layers():
-    model = tiny_4bit(0.0)
     ids = torch.randint(0, 1000, (2, 16))
-    loss_ref, grads_ref = _loss_grads(model, ids)
-    applied = levers.apply(model, TrainConfig(lora_kernel="fused", checkpointing="none"),
-                           compute_dtype=torch.bfloat16)  # fmt: skip
-    assert applied["lora_fused"] == 14
-    loss, grads = _loss_grads(model, ids)
+    plain = tiny_4bit(0.0)
+    build(plain, ecfg())
+    model = tiny_4bit(0.0, ecfg(lora_kernel="fused"))
+    levers = build(model, ecfg(lora_kernel="fused"))
+    assert levers["lora_fused"] == 14
+    (loss_ref, grads_ref), (loss, grads) = step(plain, ids), step(model, ids)
     assert grads.keys() == grads_ref.keys() and len(grads) == 28
     torch.testing.assert_close(loss, loss_ref, rtol=2e-3, atol=2e-3)
     for name, grad in grads_ref.items():  # the base runs in bf16: bf16-level agreement
@@ -102,23 +97,18 @@ def test_fused_op_matches_peft_on_real_4bit_layers():
 
 def test_fused_op_with_dropout_under_checkpointing_recomputes_the_same_mask():
     """With dropout the recomputed layer must redraw the forward's mask: the gradient with
-    checkpointing equals the gradient without it, for the same CPU RNG state."""
-    model = tiny_4bit(0.3)
-    levers.apply(model, TrainConfig(lora_kernel="fused", checkpointing="none"),
-                 compute_dtype=torch.bfloat16)  # fmt: skip
+    checkpointing equals the gradient without it, for the same CPU RNG state. (The recompute is
+    the layers' runner: build sets it again on the same model, as after each attach.)"""
+    model = tiny_4bit(0.3, ecfg(lora_kernel="fused"))
+    build(model, ecfg(lora_kernel="fused"))
     ids = torch.randint(0, 1000, (2, 16))
-    torch.manual_seed(5)
-    loss_ref, grads_ref = _loss_grads(model, ids)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    levers.apply(model, TrainConfig(lora_kernel="fused", checkpointing="full"),
-                 compute_dtype=torch.bfloat16)  # fmt: skip
-    torch.manual_seed(5)
-    loss, grads = _loss_grads(model, ids)
-    torch.testing.assert_close(loss, loss_ref)
-    for name, grad in grads_ref.items():
-        torch.testing.assert_close(grads[name], grad)
-    torch.manual_seed(6)  # another draw: other masks, another loss
-    assert not torch.equal(_loss_grads(model, ids)[0], loss_ref)
+    ref = step(model, ids, seed=5)
+    enable_checkpointing(model)
+    levers = build(model, ecfg(lora_kernel="fused", checkpointing="full"))
+    assert levers["checkpointed_layers"] == 2
+    assert_close(step(model, ids, seed=5), ref)
+    # another draw: other masks, another loss
+    assert not torch.equal(step(model, ids, seed=6)[0], ref[0])
 
 
 @requires_cuda
@@ -173,15 +163,21 @@ def test_fused_op_adds_the_branch_in_the_residual_dtype_as_peft_does():
     """frozen_dtype=fp32 (the plain stack's fp32 residual stream) under bf16 autocast: peft adds
     its bf16 branch to the 4-bit base's fp32 output; a small update must not be rounded away in a
     bf16 sum (H200: that moved the loss of steps 3-9 by up to 0.23)."""
-    layer = tiny_4bit(0.0).base_model.model.model.layers[0].mlp.up_proj
-    with torch.no_grad():
-        layer.lora_B["default"].weight.normal_(0, 1e-4)  # updates well under bf16's resolution
-    x = torch.randn(2, 8, layer.in_features)
+    layers = []
+    for cfg in (ecfg(), ecfg(lora_kernel="fused")):  # peft's layer, then the fused twin
+        model = tiny_4bit(0.0, cfg)
+        build(model, cfg)
+        layer = model.base_model.model.model.layers[0].mlp.up_proj
+        with torch.no_grad():
+            layer.lora_B["default"].weight.normal_(
+                0, 1e-4, generator=torch.Generator().manual_seed(1)
+            )
+        layers.append(layer)
+    x = torch.randn(2, 8, layers[0].in_features)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        base_out = layer.base_layer(x)
-        ref = layer(x)  # peft
-        levers._lora_kernel(layer, "fused")
-        out = layer(x)
+        base_out = layers[0].base_layer(x)
+        ref = layers[0](x)  # peft
+        out = layers[1](x)
     assert out.dtype == ref.dtype == base_out.dtype == torch.float32
     delta = ref - base_out
     assert delta.abs().max() > 0

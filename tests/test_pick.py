@@ -61,8 +61,8 @@ def test_cli_measured_pick(capsys: pytest.CaptureFixture) -> None:
     assert main(["--budget-gib", "24", str(H100)]) == 0
     out = capsys.readouterr().out
     # t11 (liger, 15.4 GiB, score 0.572) beats t10 (13.3 GiB, 0.570); t00 needs 28.8 GiB.
-    assert "MEASURED: nf4 dq r16 lora b4 ckpt:full liger eager  [t11]" in out
-    assert "lora.r=16" in out and "quant=nf4" in out and "train.kernels=liger" in out
+    assert "MEASURED: nf4 dq r16 lora b4 ckpt:full liger  [t11]" in out
+    assert "lora.r=16" in out and "quant=nf4" in out and "engine.kernels=liger" in out
 
 
 def test_cli_nothing_fits_names_the_closest(capsys: pytest.CaptureFixture) -> None:
@@ -118,7 +118,7 @@ def test_write_experiment_refuses_to_overwrite(tmp_path: Path, capsys) -> None:
     assert "rerun: python -m harness experiment=e24" in text
     body = yaml.safe_load(text)
     assert body["defaults"][:2] == [{"override /model": "llama3-8b"}, {"override /quant": "nf4"}]
-    assert body["lora"]["r"] == 16 and body["train"]["kernels"] == "liger"
+    assert body["lora"]["r"] == 16 and body["engine"]["kernels"] == "liger"
     path.write_text("mine")
     assert main(args) == 2 and path.read_text() == "mine"
     assert "--force" in capsys.readouterr().err
@@ -164,11 +164,12 @@ def test_pinned_experiment_composes_to_the_same_config(tmp_path: Path) -> None:
         with open_dict(fast):
             del fast["hydra"]
         old_cfg = asdict(to_trial_config(fast))
-        for key in ("causal_padding", "kept_layers", "gc_freeze"):
+        old_cfg["train"].update(old_cfg.pop("engine"))  # engine levers under train, as then
+        for key in ("causal_padding", "kept_layers", "gc_freeze", "name"):
             del old_cfg["train"][key]
         rec = {"config": old_cfg, "choices": old, "overrides": ["engine=fast"], "_path": "o.json"}
         write_experiment(experiment_yaml(rec, name="older", command="pick"), conf, "older")
-        got = to_trial_config(compose("config", overrides=["experiment=older"])).train
+        got = to_trial_config(compose("config", overrides=["experiment=older"])).engine
     assert (got.causal_padding, got.kept_layers, got.gc_freeze) == (False, "spread", False)
     assert got.kernels == "liger" and got.checkpoint_fraction == 0.8125
 
@@ -219,7 +220,7 @@ def test_spread_kept_layers_get_a_top_variant_that_fits_where_they_do_not() -> N
     assert top < spread
     budget = need_gib((top + spread) / 2, 0.10)
     choice = pick_predicted([rec], budget)
-    assert choice is not None and choice.changes == {"train.kept_layers": "top"}
+    assert choice is not None and choice.changes == {"engine.kept_layers": "top"}
     assert choice.peak_gib == pytest.approx(top)
     train["kept_layers"] = "top"  # already at the top: no such variant, the next cheaper one
-    assert pick_predicted([rec], budget).changes != {"train.kept_layers": "top"}
+    assert pick_predicted([rec], budget).changes != {"engine.kept_layers": "top"}

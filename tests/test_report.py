@@ -86,17 +86,33 @@ def test_report_of_one_failed_trial_still_writes_every_plot(tmp_path: Path) -> N
 
 def test_frame_columns() -> None:
     frame = load_records_frame(H100)
-    cols = ["lora.r", "quant.type", "quant.double_quant", "score", "train_tokens_per_s",
+    cols = ["lora.r", "quant.type", "quant.double_quant", "score", "loss_tokens_per_s",
             "peak_vram_reserved_gib", "params_trainable", "status", "error", "label"]  # fmt: skip
     assert set(cols) <= set(frame.columns)
     t00 = frame.set_index("trial").loc["t00"]
-    assert (t00["lora.r"], t00["quant.type"], t00["train_tokens_per_s"]) == (16, "nf4", 2950)
-    assert t00["label"] == "nf4 dq r16 lora b4 ckpt:full no-liger eager"
+    assert (t00["lora.r"], t00["quant.type"], t00["loss_tokens_per_s"]) == (16, "nf4", 2950)
+    # read in today's keys: train.checkpointing/kernels are engine levers, train.compile is gone
+    assert t00["label"] == "nf4 dq r16 lora b4 ckpt:full no-liger"
 
 
 def test_pareto_front_on_crafted_points() -> None:
     frame = pd.DataFrame({"vram": [10, 12, 11, 20, 20, np.nan], "score": [1, 2, 0.5, 3, 2.5, 9]})
-    assert list(pareto_mask(frame, "vram", "score")) == [True, True, False, True, False, False]
+    on = pareto_mask(frame, {"vram": "minimize", "score": "maximize"})
+    assert list(on) == [True, True, False, True, False, False]
+
+
+def test_pareto_set_over_three_objectives_among_candidates() -> None:
+    """Row 2 dominates rows 0 and 1; left out of the candidates (an infeasible trial), it beats
+    nobody. An empty frame has an empty set; a misspelt direction is refused."""
+    frame = pd.DataFrame({"loss": [1.0, 0.9, 0.8, 1.2], "vram": [10, 12, 9, 8],
+                          "tps": [5, 5, 6, 9]})  # fmt: skip
+    directions = {"loss": "minimize", "vram": "minimize", "tps": "maximize"}
+    assert list(pareto_mask(frame, directions)) == [False, False, True, True]
+    among = pd.Series([True, True, False, True])
+    assert list(pareto_mask(frame, directions, among=among)) == [True, True, False, True]
+    assert pareto_mask(frame.iloc[:0], directions).empty
+    with pytest.raises(ValueError, match="maximise"):
+        pareto_mask(frame, {"tps": "maximise"})
 
 
 def test_study_source_uses_records_and_falls_back_to_user_attrs(tmp_path: Path) -> None:
@@ -109,13 +125,14 @@ def test_study_source_uses_records_and_falls_back_to_user_attrs(tmp_path: Path) 
     study.add_trial(optuna.trial.create_trial(
         params={"lora.r": 64}, distributions=dist, value=0.5,
         user_attrs={"record_dir": str(tmp_path / "gone"), "peak_vram_reserved_gib": 25.0,
-                    "train_tokens_per_s": 2800.0}))  # fmt: skip
+                    "loss_tokens_per_s": 2800.0}))  # fmt: skip
     study.add_trial(optuna.trial.create_trial(
         params={"lora.r": 8}, distributions=dist, state=optuna.trial.TrialState.FAIL))  # fmt: skip
     frame = load_records_frame(StudySource(storage, "s"))
     assert list(frame["status"]) == ["success", "success", "failed"]
     assert frame.loc[0, "trial"] == "t00" and frame.loc[0, "quant.type"] == "nf4"
     assert frame.loc[1, "peak_vram_reserved_gib"] == 25.0 and frame.loc[1, "lora.r"] == 64
+    assert frame.loc[1, "loss_tokens_per_s"] == 2800.0
     assert "record.json missing" in frame.loc[1, "error"]
     assert "record.json missing" in frame.loc[2, "error"]
     assert load_records_frame(study)["trial"].tolist() == frame["trial"].tolist()  # Study object

@@ -110,7 +110,7 @@ def test_injected_oom_and_nan_are_results_and_the_study_goes_on(tmp_path):
         tmp_path,
         "faults",
         grid={
-            "train.inject_fault": ["oom", "nan", "none"],
+            "train.callbacks": ["[faults.OomAtStep2]", "[faults.NanAtStep2]", "[]"],
             "lora.targets": ["all-linear", "[no_such]"],
         },
         fail_limit={"consecutive": 0, "rate": 1.0},  # 5 of 6 fail here, on purpose
@@ -119,7 +119,8 @@ def test_injected_oom_and_nan_are_results_and_the_study_goes_on(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = load(tmp_path, "faults").get_trials()
     assert len(trials) == 6 and all(is_result(t) for t in trials)
-    got = {(t.params["train.inject_fault"], t.params["lora.targets"]): t for t in trials}
+    faults = {"[faults.OomAtStep2]": "oom", "[faults.NanAtStep2]": "nan", "[]": "none"}
+    got = {(faults[t.params["train.callbacks"]], t.params["lora.targets"]): t for t in trials}
     oom, nan, ok = (got[(f, "all-linear")] for f in ("oom", "nan", "none"))
     assert oom.state == TrialState.FAIL and oom.user_attrs["status"] == "oom"
     assert oom.user_attrs["oom_phase"] == "train" and "oom_peak_rss_gib" in oom.user_attrs
@@ -138,7 +139,7 @@ def test_failure_rate_limit_stops_a_study_where_everything_fails(tmp_path):
         tmp_path,
         "doomed",
         grid={"lora.r": [4, 8, 16, 32]},
-        overrides=[*STUDY_TINY, "train.inject_fault=oom"],
+        overrides=[*STUDY_TINY, "train.callbacks=[faults.OomAtStep2]"],
         fail_limit={"consecutive": 2},
     )
     proc = run_study(spec, tmp_path)

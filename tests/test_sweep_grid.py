@@ -5,14 +5,15 @@ import pandas as pd
 import pytest
 from conftest import TINY, load_json, run_harness
 
+from harness.analysis.frame import override_items
 from harness.sweep.callbacks import sweep_keys
-from harness.sweep.grid import FailureLimit, override_items, summary_frame, swept_keys
+from harness.sweep.grid import FailureLimit, summary_frame, swept_keys
 
 NO_REPORT = "hydra.callbacks.sweep_summary.report=false"
 
 
 def test_rank_grid_on_the_embedded_model_writes_its_summary(tmp_path):
-    """The issue's example, on the REAL 4-bit SmolLM2 path: 3 trials, one summary row each."""
+    """A rank grid on the REAL 4-bit SmolLM2 path: 3 trials, one summary row each."""
     sweep = tmp_path / "sweep"
     proc = run_harness(
         [
@@ -50,7 +51,7 @@ def test_oom_and_nan_trials_are_rows_and_the_grid_goes_on(tmp_path):
     proc = run_harness(
         [
             "-m",
-            "train.inject_fault=oom,nan,none",
+            "train.callbacks=[faults.OomAtStep2],[faults.NanAtStep2],[]",
             *TINY,
             "train.max_steps=2",
             f"hydra.sweep.dir={sweep}",
@@ -59,7 +60,7 @@ def test_oom_and_nan_trials_are_rows_and_the_grid_goes_on(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     frame = pd.read_csv(sweep / "summary.csv", keep_default_na=False)  # "nan" is a value here
-    assert list(frame["train.inject_fault"]) == ["oom", "nan", "none"]
+    assert [c.count("faults.") for c in frame["train.callbacks"]] == [1, 1, 0]
     assert list(frame["status"]) == ["oom", "failed", "success"]
     assert "non-finite" in frame["error"][1] and "out of memory" in frame["error"][0]
     assert load_json(sweep / "0" / "record.json")["oom"]["phase"] == "train"
@@ -74,7 +75,7 @@ def test_failure_rate_limit_stops_a_grid_where_everything_fails(tmp_path):
             "lora.r=4,8,16,32",
             *TINY,
             "train.max_steps=2",
-            "train.inject_fault=oom",
+            "train.callbacks=[faults.OomAtStep2]",
             f"hydra.sweep.dir={sweep}",
             NO_REPORT,
             "hydra.callbacks.sweep_summary.max_consecutive_failures=2",
@@ -192,31 +193,35 @@ def test_joblib_launcher_grid_writes_the_same_summary(tmp_path):
     assert list(frame["lora.r"]) == [4, 8] and set(frame["status"]) == {"success"}
 
 
-def test_pool_memo_makes_once_per_key_and_stays_bounded():
-    from harness.trial.model import BasePool
+def test_pool_memo_stays_bounded():
+    from harness.sweep.pool import BasePool
 
-    pool, calls = BasePool(), []
-    make = lambda k: lambda: calls.append(k) or [k]  # noqa: E731
-    first = pool.cached(("rows", "train", 1), make(1))
-    assert pool.cached(("rows", "train", 1), make(1)) is first and calls == [1]
-    for k in range(2, 7):
-        pool.cached(("rows", "train", k), make(k))
-    assert len(pool.memo) == 4 and ("rows", "train", 1) not in pool.memo
+    pool = BasePool()
+    for k in range(7):
+        with pool.lease("base") as lease:
+            lease.memo.setdefault(("rows", k), [k])
+    assert len(pool.memo) == 4 and ("rows", 0) not in pool.memo
 
 
-def test_pool_keeps_a_base_only_for_the_allocator_layout_it_was_loaded_under():
-    """A base loaded into ordinary CUDA segments is not handed to a trial that wants expandable
-    ones (its partly used segments would stay reserved in that trial's memory), and back."""
+def test_pool_hands_a_base_only_to_a_trial_of_the_same_engine():
+    """The engine's levers are modules put in place when the model is built: a base built for
+    one engine goes only to a trial of the same engine (nothing is undone); another engine's
+    trial gets None (it loads its own) and the old base is let go first."""
+    from harness.config.engine import EngineConfig
     from harness.config.schema import ModelConfig, QuantConfig
-    from harness.trial.model import BasePool
+    from harness.sweep.pool import BasePool
 
-    pool, m, q, base = BasePool(), ModelConfig(), QuantConfig(), object()
-    pool.put(m, q, "cuda", base, False)
-    assert pool.get(m, q, "cuda", True) is None and not pool.entries  # freed, reloaded
-    pool.put(m, q, "cuda", base, True)
-    assert pool.get(m, q, "cuda", True) is base and pool.hits == 1
-    pool.put(m, q, "cpu", base, True)  # no allocator setting on the CPU: one layout
-    assert pool.get(m, q, "cpu", False) is base
+    pool, m, q = BasePool(), ModelConfig(), QuantConfig()
+    plain, fast = EngineConfig(), EngineConfig(name="fast", frozen_dtype="bf16")
+    with pool.lease(pool.key(m, q, "cpu", plain)) as lease:
+        assert lease.base is None
+    pool.entry = (pool.key(m, q, "cpu", plain), "base-for-plain")
+    with pool.lease(pool.key(m, q, "cpu", fast)) as lease:
+        assert lease.base is None and pool.entry is None
+    pool.entry = (pool.key(m, q, "cpu", plain), "base-for-plain")
+    with pool.lease(pool.key(m, q, "cpu", plain)) as lease:
+        assert lease.base == "base-for-plain" and pool.hits == 1
+    assert BasePool(enabled=False).enabled is False
 
 
 def test_a_finished_trial_leaves_no_module_of_its_model_alive(tmp_path):
@@ -232,17 +237,17 @@ def test_a_finished_trial_leaves_no_module_of_its_model_alive(tmp_path):
     from conftest import compose_cfg
 
     from harness.config.schema import to_trial_config
-    from harness.trial.model import BasePool
+    from harness.sweep.pool import BasePool
     from harness.trial.pipeline import run_trial
 
     pool = BasePool()
     cfg = to_trial_config(compose_cfg([*TINY, "train.device=cpu", "optim=adamw_8bit"]))
     rec = run_trial(cfg, tmp_path / "a", pool=pool)
     assert rec["status"] == "success" and rec["optimizer"]["used"] == "adamw_8bit"
-    (base,) = pool.entries.values()
+    base = pool.entry[1]
     tables = [weakref.ref(m) for m in base.modules() if isinstance(m, torch.nn.Embedding)]
     assert tables
     del base
-    pool.entries.clear()  # what the next trial's get() does for another base
+    pool.entry = None  # what the next trial's lease does for another base
     gc.collect()
     assert [ref() for ref in tables] == [None] * len(tables)

@@ -56,7 +56,7 @@ def test_embedded_4bit_trial_records_every_field(tmp_path):
 
 
 def test_injected_oom_becomes_an_oom_record(tmp_path):
-    proc = run_harness([*TINY, "train.inject_fault=oom", f"out_dir={tmp_path}"])
+    proc = run_harness([*TINY, "train.callbacks=[faults.OomAtStep2]", f"out_dir={tmp_path}"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     rec = load_json(tmp_path / "record.json")
     assert rec["status"] == "oom" and "out of memory" in rec["error"]
@@ -66,7 +66,7 @@ def test_injected_oom_becomes_an_oom_record(tmp_path):
 
 def test_nan_loss_stops_and_is_recorded(tmp_path):
     proc = run_harness(
-        [*TINY, "train.max_steps=6", "train.inject_fault=nan", f"out_dir={tmp_path}"]
+        [*TINY, "train.max_steps=6", "train.callbacks=[faults.NanAtStep2]", f"out_dir={tmp_path}"]
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rec = load_json(tmp_path / "record.json")

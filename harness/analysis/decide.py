@@ -11,13 +11,14 @@ from typing import Any
 
 import pandas as pd
 
+from harness.analysis.frame import metric
 from harness.memory.fit import Calibration
 from harness.memory.model import predict_peak_gib, setting_from_record, shape_from_record
 from harness.memory.terms import Setting, Shape
 
 OBJECTIVES = {  # objective: (column, higher is better, tie-break column)
-    "score": ("score", True, "train_tokens_per_s"),
-    "throughput": ("train_tokens_per_s", True, "score"),
+    "score": ("score", True, "loss_tokens_per_s"),
+    "throughput": ("loss_tokens_per_s", True, "score"),
     "memory": ("peak_vram_reserved_gib", False, "score"),
 }
 
@@ -33,6 +34,16 @@ class Choice:
     error_pct: float | None = None  # predicted: the memory model's held-out mean abs error
     changes: dict[str, Any] = field(default_factory=dict)  # dotted keys changed from the record
     model: str | None = None  # predicted for another model than the record's
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """What a predicted answer needs from the memory model."""
+
+    calib: Calibration | None = None  # None: the built-in prior
+    error_pct: float | None = None  # its held-out mean abs error, shown beside a prediction
+    shape: Shape | None = None  # predict for a model the sweep never ran (None: each record's own)
+    model: str | None = None  # that model's name
 
 
 def need_gib(peak: float, margin: float) -> float:
@@ -73,7 +84,7 @@ def closest_measured(frame: pd.DataFrame) -> pd.Series | None:
     return None if ok.empty else ok.sort_values("peak_vram_reserved_gib").iloc[0]
 
 
-FREE = {"train.kept_layers"}  # changes that keep the math and the speed: preferred to any other
+FREE = {"engine.kept_layers"}  # changes that keep the math and the speed: preferred to any other
 
 
 def variants(setting: Setting) -> list[dict[str, Any]]:
@@ -81,9 +92,9 @@ def variants(setting: Setting) -> list[dict[str, Any]]:
     a higher peak), full checkpointing, then each with the batch halved down to 1."""
     layouts: list[dict[str, Any]] = [{}]
     if setting.kept_layers != "top" and setting.checkpointing in ("selective", "offload"):
-        layouts.append({"train.kept_layers": "top"})
+        layouts.append({"engine.kept_layers": "top"})
     if setting.checkpointing != "full":
-        layouts.append({"train.checkpointing": "full"})
+        layouts.append({"engine.checkpointing": "full"})
     batches, b = [setting.batch_size], setting.batch_size
     while b > 1:
         b //= 2
@@ -101,8 +112,8 @@ def variants(setting: Setting) -> list[dict[str, Any]]:
 def _apply(setting: Setting, change: dict[str, Any]) -> Setting:
     return replace(
         setting,
-        checkpointing=change.get("train.checkpointing", setting.checkpointing),
-        kept_layers=change.get("train.kept_layers", setting.kept_layers),
+        checkpointing=change.get("engine.checkpointing", setting.checkpointing),
+        kept_layers=change.get("engine.kept_layers", setting.kept_layers),
         batch_size=change.get("train.batch_size", setting.batch_size),
     )
 
@@ -113,35 +124,33 @@ def pick_predicted(
     *,
     objective: str = "score",
     margin: float = 0.10,
-    calib: Calibration | None = None,
-    error_pct: float | None = None,
-    shape: Shape | None = None,
-    model: str | None = None,
+    predictor: Predictor | None = None,
 ) -> Choice | None:
     """The best predicted fit among successful settings and their cheaper variants.
 
     Ranked by the source trial's measured objective (for ``memory``: the predicted peak), then by
     the fewest changes that cost speed or change the math (FREE ones cost nothing), the fewest
-    changes. ``shape``/``model`` predict for a model the sweep never ran.
+    changes.
     """
+    p = predictor or Predictor()
     col, higher, tie = OBJECTIVES[objective]
     best: tuple | None = None
     for rec in records:
         own = shape_from_record(rec.get("model") or {})
-        if rec.get("status") != "success" or (shape or own) is None:
+        if rec.get("status") != "success" or (p.shape or own) is None:
             continue
         setting = setting_from_record(rec)
         for change in variants(setting):
-            pred = predict_peak_gib(shape or own, _apply(setting, change), calib)
+            pred = predict_peak_gib(p.shape or own, _apply(setting, change), p.calib)
             peak = pred["total"]
             if need_gib(peak, margin) > budget_gib or pred.get("exceeds_cap"):
-                continue  # too big, or an OOM under the record's train.memory_cap_gib
-            value = peak if objective == "memory" else _metric(rec, col)
-            key = (*_desc(value, higher and objective != "memory"), *_desc(_metric(rec, tie), True),
+                continue  # too big, or an OOM under the record's engine.memory_cap_gib
+            value = peak if objective == "memory" else metric(rec, col)
+            key = (*_desc(value, higher and objective != "memory"), *_desc(metric(rec, tie), True),
                    len(change.keys() - FREE), len(change), peak)  # fmt: skip
             if best is None or key < best[0]:
-                best = (key, Choice("predicted", rec, peak, need_gib(peak, margin), error_pct,
-                                    change, model))  # fmt: skip
+                best = (key, Choice("predicted", rec, peak, need_gib(peak, margin), p.error_pct,
+                                    change, p.model))  # fmt: skip
     return None if best is None else best[1]
 
 
@@ -152,30 +161,21 @@ def decide(
     *,
     objective: str = "score",
     margin: float = 0.10,
-    calib: Calibration | None = None,
-    error_pct: float | None = None,
-    shape: Shape | None = None,
-    model: str | None = None,
+    predictor: Predictor | None = None,
 ) -> Choice | None:
     """Measured if anything measured fits (and no other model was asked for), else predicted.
 
     ``frame`` must be ``records_frame(records)`` unchanged: its index maps rows to records.
     """
-    if shape is None:
+    if predictor is None or predictor.shape is None:
         row = pick_measured(frame, budget_gib, objective=objective, margin=margin)
         if row is not None:
             peak = float(row["peak_vram_reserved_gib"])
             return Choice("measured", records[row.name], peak, need_gib(peak, margin))
-    return pick_predicted(records, budget_gib, objective=objective, margin=margin, calib=calib,
-                          error_pct=error_pct, shape=shape, model=model)  # fmt: skip
+    return pick_predicted(records, budget_gib, objective=objective, margin=margin,
+                          predictor=predictor)  # fmt: skip
 
 
 def _desc(value: float | None, higher: bool) -> tuple[bool, float]:
     """Sort key part: missing values last, then best first."""
     return value is None, -(value or 0.0) if higher else (value or 0.0)
-
-
-def _metric(rec: dict[str, Any], col: str) -> float | None:
-    if col == "train_tokens_per_s":
-        return (rec.get("throughput") or {}).get("loss_tokens_per_s")
-    return rec.get(col)

@@ -1,7 +1,11 @@
-"""Trial records -> one pandas row per trial, from a sweep dir, records or an Optuna study.
+"""Trial records -> one table row per trial, from a sweep dir, records or an Optuna study.
 
-Loaded records get two in-memory keys the files never hold: ``_path`` (the record.json, or the
-Optuna trial it came from) and ``_label`` (a short name built from the settings that vary).
+`record_row` is the one map from a record to a row: the grid summary, the study summary and the
+report all take their metric columns from it, under the names in `METRICS`.
+
+Loaded records get in-memory keys the files never hold: ``_path`` (the record.json, or the
+Optuna trial it came from), ``_dir`` (the trial's dir, where known) and ``_label`` (a short name
+built from the settings that vary).
 """
 
 import json
@@ -12,22 +16,30 @@ from typing import Any
 
 import pandas as pd
 
+from harness.config.migrate import migrate_overrides, migrate_record
 from harness.trial.record import find_records, read_record
 
-# Metric columns every frame has, in display order.
-METRICS = (
-    "score",
-    "train_tokens_per_s",
-    "peak_vram_reserved_gib",
-    "peak_vram_allocated_gib",
-    "peak_rss_gib",
-    "params_trainable",
-    "params_total",
-    "final_train_loss",
-    "eval_loss",
-    "step_time_median_s",
-    "train_s",
+# The metric columns of every table of trials, in display order: (column, dotted path into the
+# record). Units in the names; tokens/s counts only the tokens that carry loss.
+METRICS: tuple[tuple[str, str], ...] = (
+    ("score", "score"),
+    ("loss_eval", "loss.eval"),
+    ("loss_final_train", "loss.final_train"),
+    ("loss_tokens_per_s", "throughput.loss_tokens_per_s"),
+    ("step_time_median_s", "throughput.step_time_median_s"),
+    ("peak_vram_reserved_gib", "peak_vram_reserved_gib"),
+    ("peak_vram_allocated_gib", "peak_vram_allocated_gib"),
+    ("peak_rss_gib", "peak_rss_gib"),
+    ("params_trainable", "params.trainable"),
+    ("params_total", "params.total"),
+    ("time_load_s", "timings_s.load"),
+    ("time_train_s", "timings_s.train"),
+    ("time_total_s", "timings_s.total"),
 )
+METRIC_COLUMNS = tuple(col for col, _ in METRICS)
+_METRIC_PATHS = dict(METRICS)
+# What every summary (grid, study) shows of a record after its config keys.
+SUMMARY_COLUMNS = ("status", *METRIC_COLUMNS, "error")
 # Short labels for sweep keys that vary; anything else is shown as "<last part>=<value>".
 SHORT = {
     "quant.type": "{}",
@@ -35,14 +47,11 @@ SHORT = {
     "lora.r": "r{}",
     "lora.variant": "{}",
     "train.batch_size": "b{}",
-    "train.checkpointing": "ckpt:{}",
-    "train.kernels": lambda v: "liger" if v == "liger" else "no-liger",
-    "train.compile": lambda v: "compile" if v else "eager",
+    "engine.checkpointing": "ckpt:{}",
+    "engine.kernels": lambda v: "liger" if v == "liger" else "no-liger",
     "optim.name": "{}",
     "model.name": "{}",
 }
-# Optuna trial state -> record status, for trials whose record.json is missing.
-OPTUNA_STATES = {"COMPLETE": "success", "FAIL": "failed", "PRUNED": "pruned"}
 
 
 @dataclass(frozen=True)
@@ -61,12 +70,10 @@ Source = Path | str | StudySource | Iterable[dict[str, Any]]  # or an optuna.Stu
 
 def load_records(source: Source) -> list[dict[str, Any]]:
     """Records from a sweep dir (recursive), a record.json, a study, or records already loaded."""
-    if isinstance(source, StudySource):
-        import optuna
+    if isinstance(source, StudySource) or hasattr(source, "get_trials"):  # or an optuna.Study
+        from harness.analysis.optuna_records import study_records
 
-        recs = _study_records(optuna.load_study(study_name=source.study, storage=source.storage))
-    elif hasattr(source, "get_trials"):  # an optuna.Study already in hand
-        recs = _study_records(source)
+        recs = study_records(source)
     elif isinstance(source, str | Path):
         path = Path(source)
         if not path.exists():
@@ -74,9 +81,18 @@ def load_records(source: Source) -> list[dict[str, Any]]:
         paths = [path] if path.is_file() else find_records(path)
         recs = [{**read_record(p), "_path": str(p)} for p in paths]
     else:
-        recs = [dict(r) for r in source]
+        recs = list(source)
+    recs = [in_todays_keys(r) for r in recs]
     _add_labels(recs)
     return recs
+
+
+def in_todays_keys(rec: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a record whose config and overrides use today's keys (harness.config.migrate):
+    the one place analysis reads an older record's keys, so labels and columns name each setting
+    one way whatever code wrote the record."""
+    rec = migrate_record(rec)
+    return {**rec, "overrides": migrate_overrides(rec.get("overrides") or [])}
 
 
 def load_records_frame(source: Source) -> pd.DataFrame:
@@ -86,17 +102,15 @@ def load_records_frame(source: Source) -> pd.DataFrame:
         source: a sweep dir, a record.json, a ``StudySource`` or an iterable of record dicts.
 
     Returns:
-        Columns ``trial``, ``label``, ``status``, ``error``, the ``METRICS``, ``device``,
-        ``model``, ``choice.<group>`` and every config key; failed and OOM trials included.
+        The columns of `record_row`; failed and OOM trials included.
     """
     return records_frame(load_records(source))
 
 
 def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     """The frame of already loaded records (see ``load_records_frame``)."""
-    rows = [_row(r) for r in records]
-    frame = pd.DataFrame(rows)
-    for col in METRICS:
+    frame = pd.DataFrame([record_row(r) for r in records])
+    for col in METRIC_COLUMNS:
         # All-null columns (no CUDA, no RSS) come out as object; metrics are always numbers.
         frame[col] = pd.to_numeric(frame[col], errors="coerce") if col in frame else float("nan")
     return frame
@@ -126,36 +140,75 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _row(rec: dict[str, Any]) -> dict[str, Any]:
-    tp, params = rec.get("throughput") or {}, rec.get("params") or {}
-    loss, device = rec.get("loss") or {}, rec.get("device") or {}
-    train_mem = ((rec.get("memory") or {}).get("phases") or {}).get("train") or {}
-    row = {
-        "trial": trial_name(rec),
-        "label": rec.get("_label", ""),
-        "status": rec.get("status"),
+def record_row(rec: dict[str, Any]) -> dict[str, Any]:
+    """The one map from a record to a table row.
+
+    Returns:
+        ``trial``, ``label``, then `SUMMARY_COLUMNS` (``status``, every `METRICS` column,
+        ``error``), ``device``, ``device_name``, ``model``, ``record_path``, a
+        ``choice.<group>`` per Hydra group choice and every dotted config key.
+    """
+    row = {"trial": trial_name(rec), "label": rec.get("_label", ""), "status": rec.get("status")}
+    row.update({col: get_path(rec, path) for col, path in METRICS})
+    row.update({
         "error": rec.get("error"),
-        "score": rec.get("score"),
-        "train_tokens_per_s": tp.get("loss_tokens_per_s"),
-        "peak_vram_reserved_gib": rec.get("peak_vram_reserved_gib"),
-        "peak_vram_allocated_gib": rec.get("peak_vram_allocated_gib"),
-        "peak_rss_gib": train_mem.get("peak_rss_gib"),
-        "params_trainable": params.get("trainable"),
-        "params_total": params.get("total"),
-        "final_train_loss": loss.get("final_train"),
-        "eval_loss": loss.get("eval"),
-        "step_time_median_s": tp.get("step_time_median_s"),
-        "train_s": (rec.get("timings_s") or {}).get("train"),
-        "device": device.get("type"),
-        "device_name": device.get("name"),
-        "model": (rec.get("model") or {}).get("name"),
+        "device": get_path(rec, "device.type"),
+        "device_name": get_path(rec, "device.name"),
+        "model": get_path(rec, "model.name"),
         "record_path": rec.get("_path"),
-    }
+    })  # fmt: skip
     row.update({f"choice.{k}": v for k, v in (rec.get("choices") or {}).items()})
     for key, val in flatten(rec.get("config") or {}).items():
         # Lists (eval.tasks, lora.targets) become strings so the frame stays parquet-friendly.
         row[key] = json.dumps(val) if isinstance(val, list | dict) else val
     return row
+
+
+def metric(rec: dict[str, Any], col: str) -> Any:
+    """One `METRICS` column of a record, e.g. ``metric(rec, "loss_tokens_per_s")``."""
+    return get_path(rec, _METRIC_PATHS[col])
+
+
+def summary_row(rec: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """A summary's row, from `record_row`: `keys` as resolved (a bare group name as its choice;
+    the override's text where the config has no such key), then `SUMMARY_COLUMNS`."""
+    row = record_row(rec)
+    given = override_items(rec.get("overrides") or [])
+    out = {}
+    for key in keys:
+        value = row.get(key if "." in key else f"choice.{key}")
+        out[key] = given.get(key) if value is None else value
+    out.update({col: row[col] for col in SUMMARY_COLUMNS})
+    return out
+
+
+def get_path(rec: dict[str, Any], path: str) -> Any:
+    """``get_path(rec, "loss.eval")`` -> rec["loss"]["eval"], or None where any part is missing."""
+    node: Any = rec
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def set_path(tree: dict[str, Any], path: str, value: Any) -> None:
+    """``set_path(tree, "lora.r", 16)``: tree["lora"]["r"] = 16, making the dicts on the way."""
+    *parents, leaf = path.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+    tree[leaf] = value
+
+
+def override_items(overrides: list[str]) -> dict[str, str]:
+    """``["lora.r=16", "+x=1", "quant=fp4"]`` -> {"lora.r": "16", "x": "1", "quant": "fp4"}; a
+    trial's own ``out_dir`` is not a setting."""
+    items = {}
+    for item in overrides:
+        key, sep, val = item.partition("=")
+        if sep and key != "out_dir":
+            items[key.lstrip("+~")] = val
+    return items
 
 
 def trial_name(rec: dict[str, Any]) -> str:
@@ -189,10 +242,7 @@ def label_keys(recs: list[dict[str, Any]]) -> list[str]:
     """
     keys: list[str] = []
     for rec in recs:
-        for item in rec.get("overrides") or []:
-            key = item.split("=", 1)[0].lstrip("+~")
-            if key not in keys:
-                keys.append(key)
+        keys += [k for k in override_items(rec.get("overrides") or []) if k not in keys]
     keys = keys or varying_keys(recs)
     return [k for k in keys if len({json.dumps(value_of(r, k), default=str) for r in recs}) > 1]
 
@@ -211,43 +261,3 @@ def short(key: str, val: Any) -> str:
         bare = "." not in key and key in ("model", "quant", "optim")
         return str(val) if bare else f"{key.rsplit('.', 1)[-1]}={val}"
     return fmt(val) if callable(fmt) else fmt.format(val)
-
-
-def _study_records(study: Any) -> list[dict[str, Any]]:
-    """Records of an Optuna study: ``record_dir`` user attr, else rebuilt from the trial."""
-    recs = []
-    for trial in study.get_trials(deepcopy=False):
-        rec_dir = trial.user_attrs.get("record_dir")
-        path = Path(rec_dir) / "record.json" if rec_dir else None
-        if path is not None and path.is_file():
-            recs.append({**read_record(path), "_path": str(path)})
-        else:
-            recs.append(_record_from_trial(trial, rec_dir))
-    return recs
-
-
-def _record_from_trial(trial: Any, rec_dir: str | None) -> dict[str, Any]:
-    """A partial record from Optuna's view of a trial whose record.json is missing."""
-    attrs = dict(trial.user_attrs)
-    state = trial.state.name
-    status = attrs.get("status") or OPTUNA_STATES.get(state, state.lower())
-    config: dict[str, Any] = {}
-    for key, val in trial.params.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = val
-    why = f"record.json missing ({rec_dir or 'no record_dir user attr'}); row from Optuna"
-    return {
-        "trial_id": f"optuna-{trial.number}",
-        "status": status,
-        "error": attrs.get("error") or why,
-        "config": config,
-        "score": attrs.get("score", trial.values[0] if trial.values else None),
-        "throughput": {"loss_tokens_per_s": attrs.get("train_tokens_per_s")},
-        "peak_vram_reserved_gib": attrs.get("peak_vram_reserved_gib"),
-        "peak_vram_allocated_gib": attrs.get("peak_vram_allocated_gib"),
-        "params": {"trainable": attrs.get("params_trainable")},
-        "_path": f"optuna trial {trial.number}",
-    }

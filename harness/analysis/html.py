@@ -18,7 +18,7 @@ TABLE = (
     ("label", "setting"),
     ("status", "status"),
     ("score", "score"),
-    ("train_tokens_per_s", "train tokens/s"),
+    ("loss_tokens_per_s", "loss tokens/s"),
     ("peak_vram_reserved_gib", "peak VRAM reserved (GiB)"),
     ("predicted_vram_reserved_gib", "predicted VRAM (GiB)"),
     ("params_trainable", "trainable params"),
@@ -53,7 +53,7 @@ def fmt(col: str, val: Any) -> str:
         return "—"
     if col == "score":
         return f"{val:.3f}"
-    if col == "train_tokens_per_s":
+    if col == "loss_tokens_per_s":
         return f"{val:,.0f}"
     if col.endswith("_gib"):
         return f"{val:.1f}"
@@ -73,7 +73,7 @@ def budget_cells(row: dict[str, Any]) -> list[str]:
     if row["kind"] == "predicted":
         need += f" ± {row['error_pct']:.0f}%"
     change = f" ({row['changes']})" if row["changes"] else ""
-    quality = f"score {fmt('score', row['score'])}, {fmt('train_tokens_per_s', row['tps'])} tok/s"
+    quality = f"score {fmt('score', row['score'])}, {fmt('loss_tokens_per_s', row['tps'])} tok/s"
     return [f"{row['budget_gib']:g}", row["kind"], f"{row['label']}{change}", need, quality]
 
 

@@ -1,38 +1,42 @@
-"""Pareto front of trials over two objectives (e.g. lower peak VRAM, higher score)."""
+"""Pareto set of trials over any number of objectives (e.g. lower peak VRAM, higher score)."""
+
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
 
+DIRECTIONS = ("minimize", "maximize")
+
 
 def pareto_mask(
-    frame: pd.DataFrame, x: str, y: str, *, minimize_x: bool = True, maximize_y: bool = True
+    frame: pd.DataFrame, objectives: Mapping[str, str], *, among: pd.Series | None = None
 ) -> pd.Series:
-    """True for rows no other row beats on both ``x`` and ``y``; rows with a NaN are never on it.
+    """True for rows that no other candidate row beats; rows with a NaN objective are never on it.
 
     Args:
         frame: one row per trial.
-        x: column to minimise (or maximise with ``minimize_x=False``), e.g. peak_vram_reserved_gib.
-        y: column to maximise (or minimise with ``maximize_y=False``), e.g. score.
+        objectives: {column: "minimize" | "maximize"}, e.g. {"peak_vram_reserved_gib":
+            "minimize", "score": "maximize"}. One objective: the best row(s).
+        among: boolean mask (aligned with ``frame``) of the candidate rows, e.g. the feasible
+            COMPLETE trials of a study; None: every row.
 
     Returns:
         Boolean series aligned with ``frame.index``.
     """
-    xs = frame[x].to_numpy(dtype=float) * (1 if minimize_x else -1)
-    ys = frame[y].to_numpy(dtype=float) * (-1 if maximize_y else 1)
-    ok = ~(np.isnan(xs) | np.isnan(ys))
+    for col, direction in objectives.items():
+        if direction not in DIRECTIONS:
+            raise ValueError(f"objective {col!r}: direction {direction!r} not in {DIRECTIONS}")
+    # Flip maximized columns: every column is then "lower is better".
+    sign = np.array([-1.0 if d == "maximize" else 1.0 for d in objectives.values()])
+    vals = frame[list(objectives)].to_numpy(dtype=float).reshape(len(frame), len(sign)) * sign
+    ok = ~np.isnan(vals).any(axis=1)
+    if among is not None:
+        ok &= np.asarray(among, dtype=bool)
     on = np.zeros(len(frame), dtype=bool)
     for i in np.flatnonzero(ok):
-        # Both objectives are now "lower is better"; i is dominated when another row is no worse
-        # on both and strictly better on one.
-        no_worse = (xs[ok] <= xs[i]) & (ys[ok] <= ys[i])
-        better = (xs[ok] < xs[i]) | (ys[ok] < ys[i])
-        on[i] = not np.any(no_worse & better)
+        # i is dominated when another candidate is no worse on every objective and strictly
+        # better on one.
+        others = vals[ok]
+        beaten = np.all(others <= vals[i], axis=1) & np.any(others < vals[i], axis=1)
+        on[i] = not beaten.any()
     return pd.Series(on, index=frame.index)
-
-
-def pareto_front(
-    frame: pd.DataFrame, x: str, y: str, *, minimize_x: bool = True, maximize_y: bool = True
-) -> pd.DataFrame:
-    """The Pareto-optimal rows, sorted by ``x``."""
-    mask = pareto_mask(frame, x, y, minimize_x=minimize_x, maximize_y=maximize_y)
-    return frame[mask].sort_values(x)

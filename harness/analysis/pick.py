@@ -19,6 +19,7 @@ from typing import Any
 from harness.analysis.decide import (
     OBJECTIVES,
     Choice,
+    Predictor,
     closest_measured,
     decide,
     measured_fits,
@@ -28,13 +29,15 @@ from harness.analysis.frame import (
     StudySource,
     label_keys,
     load_records,
+    metric,
     records_frame,
     status_counts,
     trial_name,
 )
 from harness.analysis.pin import default_name, experiment_yaml, hydra_overrides, write_experiment
+from harness.assets.shapes import SHAPES
 from harness.memory.model import calibrate, error_report
-from harness.memory.table import PRESETS, format_seeds_table, seeds_rows
+from harness.memory.table import format_seeds_table, seeds_rows
 from harness.memory.terms import Shape
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -48,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--budget-gib", type=float, help="GPU memory to fit in, GiB")
     p.add_argument("--objective", choices=list(OBJECTIVES), default="score")
     p.add_argument("--margin", type=float, default=0.10, help="safety margin (default 0.10)")
-    p.add_argument("--model", help="predict for this model (preset or harness/shapes.py name)")
+    p.add_argument("--model", help="predict for this model (a harness/assets/shapes.py name)")
     p.add_argument("--write-experiment", action="store_true", help="pin it as an experiment")
     p.add_argument("--name", help="experiment name (default: from the setting)")
     p.add_argument("--conf-dir", type=Path, default=CONF_DIR, help="where conf/experiment/ is")
@@ -88,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     print(_header(args, frame, source))
     if shape is None:
         _explain_no_measured_fit(frame, args)
+    predictor = Predictor(calib, err["mape_pct"], shape, model)
     choice = decide(records, frame, args.budget_gib, objective=args.objective, margin=args.margin,
-                    calib=calib, error_pct=err["mape_pct"], shape=shape, model=model)  # fmt: skip
+                    predictor=predictor)  # fmt: skip
     if choice is None:
         _refuse(records, args, calib, shape)
         return 1
@@ -102,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 def describe(choice: Choice, args: argparse.Namespace, err: dict, grid: list[str]) -> str:
     """The answer as text: what, how much memory, what it buys, and how to rerun it."""
     rec = choice.record
-    tp = (rec.get("throughput") or {}).get("loss_tokens_per_s")
+    tp = metric(rec, "loss_tokens_per_s")
     same = " (for the unchanged setting)" if choice.changes or choice.model else ""
     head = "MEASURED" if choice.kind == "measured" else "PREDICTED (memory model, not measured)"
     lines = [f"{head}: {rec['_label']}  [{trial_name(rec)}]"]
@@ -123,7 +127,7 @@ def describe(choice: Choice, args: argparse.Namespace, err: dict, grid: list[str
     score = rec.get("score")
     lines.append(f"  measured on {where} ({(rec.get('device') or {}).get('name', '?')}): score "
                  f"{'n/a' if score is None else f'{score:.3f}'}, "
-                 f"{'n/a' if tp is None else f'{tp:,.0f}'} train tokens/s{same}")  # fmt: skip
+                 f"{'n/a' if tp is None else f'{tp:,.0f}'} loss tokens/s{same}")  # fmt: skip
     overrides = hydra_overrides(_retarget(choice), grid, choice.changes)
     lines.append(f"  record: {rec.get('_path')}")
     lines.append("  overrides: " + " ".join(overrides))
@@ -157,8 +161,8 @@ def _explain_no_measured_fit(frame: Any, args: argparse.Namespace) -> None:
 
 
 def _refuse(records: list, args: argparse.Namespace, calib: Any, shape: Shape | None) -> None:
-    low = pick_predicted(records, math.inf, objective="memory", margin=args.margin, calib=calib,
-                         shape=shape)  # fmt: skip
+    low = pick_predicted(records, math.inf, objective="memory", margin=args.margin,
+                         predictor=Predictor(calib, shape=shape))  # fmt: skip
     print(f"NOTHING FITS {args.budget_gib:.1f} GiB, measured or predicted.")
     if low is not None:
         change = f" with {_kv(low.changes)}" if low.changes else ""
@@ -198,17 +202,10 @@ def _target_model(name: str | None, records: list[dict]) -> tuple[Shape | None, 
     """(shape, name) to predict for, or (None, None) when the sweep ran that model itself."""
     if name is None or any(_model_names(r) & {name} for r in records):
         return None, None
-    if name in PRESETS:
-        return PRESETS[name][1], name
-    from harness.assets.shapes import SHAPES
-
     if name not in SHAPES:
-        known = ", ".join(sorted({*PRESETS, *SHAPES}))
-        raise SystemExit(f"error: --model={name!r}: not a preset or known shape ({known})")
-    s = SHAPES[name]
-    return Shape(s["hidden_size"], s["num_hidden_layers"], s["intermediate_size"],
-                 s["vocab_size"], s["num_attention_heads"], s["num_key_value_heads"],
-                 bool(s.get("tie_word_embeddings"))), name  # fmt: skip
+        known = ", ".join(sorted(SHAPES))
+        raise SystemExit(f"error: --model={name!r}: not a known shape ({known})")
+    return Shape.named(name), name
 
 
 def _model_names(rec: dict) -> set[str]:

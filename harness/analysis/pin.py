@@ -10,12 +10,17 @@ from typing import Any
 
 import yaml
 
-from harness.analysis.frame import flatten
-from harness.trial.record import effective_train
+from harness.analysis.frame import flatten, set_path
+from harness.config.migrate import (
+    effective_engine,
+    migrate_override,
+    migrate_overrides,
+    migrate_record,
+)
 
 # Groups Hydra reports in runtime.choices that are not trial settings.
 NOT_PINNED = ("experiment", "hparams_search", "trial_schema")
-GROUP_ORDER = ("model", "quant", "lora", "optim", "data", "train", "eval")
+GROUP_ORDER = ("model", "quant", "lora", "optim", "data", "train", "eval", "engine")
 _PLAIN = re.compile(r"^[A-Za-z0-9_./:+-]+$")
 
 
@@ -43,9 +48,11 @@ def hydra_overrides(
         changes: dotted keys to change (a predicted variant, e.g. {"train.batch_size": 1}).
     """
     choices = _choices(rec)
-    flat = flatten(rec.get("config") or {})
+    flat = flatten(migrate_record(rec)["config"])
     out: dict[str, str] = dict(choices)
-    for item in rec.get("overrides") or []:
+    grid_keys = [migrate_override(k) or k for k in grid_keys]
+    changes = {migrate_override(k) or k: v for k, v in (changes or {}).items()}
+    for item in migrate_overrides(rec.get("overrides") or []):
         key, _, val = item.partition("=")
         key = key.lstrip("+~")
         if "." in key:
@@ -71,15 +78,11 @@ def experiment_yaml(
         changes: dotted keys changed from the record (predicted variants).
         note: one header line on what was measured or predicted.
     """
-    config = copy.deepcopy(rec.get("config") or {})
-    if config.get("train"):  # as the trial ran: its fraction, and levers newer than the record
-        config["train"] = effective_train(rec)
+    config = copy.deepcopy(migrate_record(rec)["config"])
+    # as the trial ran: its recompute fraction, and levers newer than the record at their old value
+    config["engine"] = effective_engine(rec)
     for key, val in (changes or {}).items():
-        node = config
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = val
+        set_path(config, key, val)
     origin = rec.get("_path") or rec.get("trial_id")
     head = [
         "# @package _global_",

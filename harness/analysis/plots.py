@@ -95,9 +95,8 @@ def plot_vram_vs_score(data: ReportInputs) -> Figure:
     style = "quant.type" if "quant.type" in ok else None
     sns.scatterplot(data=ok, x="peak_vram_reserved_gib", y="score", hue=hue, style=style, s=70,
                     ax=ax)  # fmt: skip
-    front = ok[pareto_mask(ok, "peak_vram_reserved_gib", "score")].sort_values(
-        "peak_vram_reserved_gib"
-    )
+    on = pareto_mask(ok, {"peak_vram_reserved_gib": "minimize", "score": "maximize"})
+    front = ok[on].sort_values("peak_vram_reserved_gib")
     ax.step(front["peak_vram_reserved_gib"], front["score"], where="post", color="black", lw=1,
             ls="--", label="Pareto front")  # fmt: skip
     for _, row in front.iterrows():
@@ -113,11 +112,11 @@ def plot_vram_vs_score(data: ReportInputs) -> Figure:
 
 def plot_throughput(data: ReportInputs) -> Figure:
     """Train tokens/s per setting, fastest first; trials without a figure shown with the reason."""
-    frame = data.frame.sort_values("train_tokens_per_s", ascending=True, na_position="first")
+    frame = data.frame.sort_values("loss_tokens_per_s", ascending=True, na_position="first")
     fig, ax = plt.subplots(figsize=(10, 1.5 + 0.32 * len(frame)))
     labels = [f"{t}  {short_label(lbl, 60)}" for t, lbl in zip(frame["trial"], frame["label"],
                                                             strict=True)]  # fmt: skip
-    values = frame["train_tokens_per_s"].fillna(0.0)
+    values = frame["loss_tokens_per_s"].fillna(0.0)
     colors = ["#4c72b0" if s == "success" else GREY for s in frame["status"]]
     ax.barh(labels, values, color=colors)
     for y, (_, row) in enumerate(frame.iterrows()):

@@ -8,19 +8,14 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from harness.analysis.style import (
-    GREY,
-    SCORE,
-    TPS,
-    VRAM,
-    ReportInputs,
-    controlled,
-    empty,
-    note_failed,
-    short_label,
-)
+from harness.analysis import style
+from harness.analysis.style import ReportInputs
 
-QUANT_PANELS = {"score": SCORE, "train_tokens_per_s": TPS, "peak_vram_reserved_gib": VRAM}
+QUANT_PANELS = {
+    "score": style.SCORE,
+    "loss_tokens_per_s": style.TPS,
+    "peak_vram_reserved_gib": style.VRAM,
+}
 MEM_PARTS = ("weights", "quant_constants", "lora_params", "grads", "optimizer_states",
              "activations", "logits", "overhead")  # fmt: skip
 
@@ -30,7 +25,7 @@ def quant_subset(data: ReportInputs) -> tuple[pd.DataFrame, str]:
     if "quant.type" not in data.frame or "quant.double_quant" not in data.frame:
         return data.frame.iloc[0:0], ""
     frame = data.frame[data.frame["quant.type"].isin(["nf4", "fp4"])]
-    return controlled(data, frame, ["quant.type", "quant.double_quant"], "quant")
+    return style.controlled(data, frame, ["quant.type", "quant.double_quant"], "quant")
 
 
 def plot_quant_dq(data: ReportInputs) -> Figure:
@@ -41,10 +36,10 @@ def plot_quant_dq(data: ReportInputs) -> Figure:
     if ok.empty:
         for ax in axes[1:]:
             ax.axis("off")
-        return empty(fig, axes[0], "No successful nf4/fp4 trials to compare in this sweep.")
+        return style.empty(fig, axes[0], "No successful nf4/fp4 trials to compare in this sweep.")
     for ax, (col, ylabel) in zip(axes, QUANT_PANELS.items(), strict=True):
         if ok[col].isna().all():
-            empty(fig, ax, f"{col}: not measured\n(CPU trials have no VRAM)")
+            style.empty(fig, ax, f"{col}: not measured\n(CPU trials have no VRAM)")
             continue
         sns.barplot(data=ok, x="quant.type", y=col, hue="quant.double_quant", order=["nf4", "fp4"],
                     errorbar=None, ax=ax, palette="Set2")  # fmt: skip
@@ -55,7 +50,7 @@ def plot_quant_dq(data: ReportInputs) -> Figure:
         ax.set(xlabel="4-bit data type", ylabel=ylabel)
         ax.yaxis.label.set_size(9)
         ax.legend(title="double quant", fontsize=8, title_fontsize=8, loc="lower right")
-    note_failed(axes[0], sub[sub["status"] != "success"])
+    style.note_failed(axes[0], sub[sub["status"] != "success"])
     fig.suptitle(f"nf4 vs fp4 x double quant ({caption})", fontsize=11)
     fig.tight_layout()
     return fig
@@ -81,7 +76,7 @@ def plot_lm_eval(data: ReportInputs, top: int = 12) -> Figure:
     tasks = lm_eval_rows(data.records)
     if not tasks:
         fig, ax = plt.subplots(figsize=(8, 3))
-        return empty(fig, ax, "No lm-eval results (random-weight or failed trials only).")
+        return style.empty(fig, ax, "No lm-eval results (random-weight or failed trials only).")
     # One row per trial, shared by every panel: the top trials by score, best at the top.
     scores = {r["label"]: r["score"] for rows in tasks.values() for r in rows}
     order = sorted(scores, key=lambda k: -(scores[k] if scores[k] is not None else -np.inf))
@@ -97,17 +92,18 @@ def plot_lm_eval(data: ReportInputs, top: int = 12) -> Figure:
         hib = rows[0].get("higher_is_better", True)
         colors = ["#2a9d8f" if (a - b) * (1 if hib else -1) >= 0 else "#e76f51"
                   for a, b in zip(after, before, strict=True)]  # fmt: skip
-        ax.hlines(y, before, after, color=GREY, lw=1.5)
-        ax.scatter(before, y, facecolors="white", edgecolors=GREY, s=40, label="before (base)")
+        ax.hlines(y, before, after, color=style.GREY, lw=1.5)
+        grey = style.GREY
+        ax.scatter(before, y, facecolors="white", edgecolors=grey, s=40, label="before (base)")
         ax.errorbar(after, y, xerr=[r.get("stderr_after") or 0 for r in rows], fmt="none",
                     ecolor="#444", elinewidth=0.8, capsize=2)  # fmt: skip
         ax.scatter(after, y, c=colors, s=45, zorder=3, label="after (tuned)")
         better = "higher" if hib else "lower"
         ax.set(title=task, xlabel=f"{rows[0]['metric']} (fraction, {better} is better)")
         ax.xaxis.label.set_size(9)
-    axes[0][0].set_yticks(range(len(order)), [short_label(o) for o in order], fontsize=7)
+    axes[0][0].set_yticks(range(len(order)), [style.short_label(o) for o in order], fontsize=7)
     axes[0][-1].legend(fontsize=7, loc="lower right")
-    note_failed(axes[0][0], data.frame[data.frame["status"] != "success"], "no lm-eval")
+    style.note_failed(axes[0][0], data.frame[data.frame["status"] != "success"], "no lm-eval")
     fig.suptitle("lm-eval before -> after per task (whiskers: stderr; top trials by score)")
     return fig
 
@@ -119,9 +115,9 @@ def plot_memory_model(data: ReportInputs) -> Figure:
     _parity(ax1, mem)
     parts = mem.get("breakdown") or []
     if not parts:
-        empty(fig, ax2, "No trial with a model shape to break down.")
+        style.empty(fig, ax2, "No trial with a model shape to break down.")
     else:
-        labels = [short_label(p["label"]) for p in parts]
+        labels = [style.short_label(p["label"]) for p in parts]
         left = np.zeros(len(parts))
         palette = sns.color_palette("tab10", len(MEM_PARTS))
         for color, part in zip(palette, MEM_PARTS, strict=True):
@@ -153,11 +149,12 @@ def _parity(ax: Any, mem: dict[str, Any]) -> None:
             ax.scatter(xs, ys, marker=marker, color=color, s=55, label=name, zorder=3)
             top = max(top, *xs, *ys)
     line = np.array([0, top * 1.08])
-    ax.plot(line, line, color=GREY, lw=1)
-    ax.fill_between(line, line * 0.9, line * 1.1, color=GREY, alpha=0.15, label="+-10%")
+    ax.plot(line, line, color=style.GREY, lw=1)
+    ax.fill_between(line, line * 0.9, line * 1.1, color=style.GREY, alpha=0.15, label="+-10%")
     mape = err.get("mape_pct", float("nan"))
     basis = err.get("basis", "n/a")
-    ax.set(xlabel="measured peak reserved VRAM (GiB)", ylabel="predicted peak reserved VRAM (GiB)",
+    ax.set(xlabel="measured peak reserved VRAM (GiB)",
+           ylabel="predicted peak reserved VRAM (GiB)",
            title=f"Memory model: mean abs error {mape:.1f}% ({basis})")  # fmt: skip
     ax.title.set_size(9)
     ax.legend(fontsize=8, loc="upper left")

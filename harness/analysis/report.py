@@ -17,12 +17,13 @@ from typing import Any
 
 import pandas as pd
 
-from harness.analysis.decide import Choice, decide, pick_predicted
+from harness.analysis.decide import Choice, Predictor, decide, pick_predicted
 from harness.analysis.frame import (
     Source,
     StudySource,
     load_records,
     load_records_frame,
+    metric,
     records_frame,
     status_counts,
 )
@@ -117,7 +118,7 @@ def ranked(frame: pd.DataFrame, predicted: list[float | None]) -> pd.DataFrame:
     """Successful trials by score (then tokens/s), then the rest; index kept (row -> record)."""
     frame = frame.assign(predicted_vram_reserved_gib=pd.Series(predicted, dtype=float).values)
     frame["_ok"] = frame["status"] != "success"
-    frame = frame.sort_values(["_ok", "score", "train_tokens_per_s", "status"],
+    frame = frame.sort_values(["_ok", "score", "loss_tokens_per_s", "status"],
                               ascending=[True, False, False, True], na_position="last")  # fmt: skip
     ok = ~frame.pop("_ok")
     frame.insert(0, "rank", pd.Series(range(1, ok.sum() + 1), index=frame.index[ok]))
@@ -130,16 +131,16 @@ def budget_rows(
     """The best-scoring answer per common GPU size: measured, predicted or none."""
     rows = []
     for budget in BUDGETS_GB:
-        c = decide(records, frame, budget, objective="score", margin=MARGIN,
-                   calib=memory["calibration"], error_pct=memory["error"]["mape_pct"])  # fmt: skip
+        predictor = Predictor(memory["calibration"], memory["error"]["mape_pct"])
+        c = decide(records, frame, budget, objective="score", margin=MARGIN, predictor=predictor)
         if c is None:
             low = pick_predicted(records, math.inf, objective="memory", margin=MARGIN,
-                                 calib=memory["calibration"])  # fmt: skip
+                                 predictor=Predictor(memory["calibration"]))  # fmt: skip
             rows.append({"budget_gib": budget, "kind": "none",
                          "closest": None if low is None else _closest_text(low)})  # fmt: skip
             continue
         changes = " ".join(f"{k}={v}" for k, v in c.changes.items())
-        tps = (c.record.get("throughput") or {}).get("loss_tokens_per_s")
+        tps = metric(c.record, "loss_tokens_per_s")
         rows.append({"budget_gib": budget, "kind": c.kind, "label": c.record["_label"],
                      "need_gib": c.need_gib, "error_pct": c.error_pct, "changes": changes,
                      "score": c.record.get("score"), "tps": tps})  # fmt: skip

@@ -11,6 +11,9 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from harness.config.checks import one_of as _one_of
+from harness.config.checks import positive as _positive
+from harness.config.engine import EngineConfig
 from harness.errors import ConfigError
 
 MODEL_SOURCES = ("embedded", "local", "gguf", "hub", "random")
@@ -32,38 +35,8 @@ ON_UNSUPPORTED = ("fail", "fallback")
 DATA_SOURCES = ("embedded", "alpaca", "hub")
 PROMPT_FORMATS = ("auto", "chat", "alpaca")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
-CHECKPOINTING = ("none", "full", "selective", "offload")
-DEFAULT_FRACTION = {"selective": 0.5, "offload": 1.0}  # train.checkpoint_fraction=null
-KEPT_LAYERS = ("spread", "top")  # where the layers that are not recomputed sit
-
-
-def recompute_fraction(mode: str, fraction: float | None) -> float:
-    """The share of decoder layers `mode` recomputes: the fraction given, else the mode's own
-    (none: 0, full: 1; selective and offload take train.checkpoint_fraction)."""
-    if mode not in DEFAULT_FRACTION:
-        return 0.0 if mode == "none" else 1.0
-    return DEFAULT_FRACTION[mode] if fraction is None else fraction
-
-
-KERNELS = ("none", "liger")
-LORA_KERNELS = ("peft", "fused")
-DEQUANT_KERNELS = ("bnb", "triton")
-FROZEN_DTYPES = ("fp32", "bf16")
-RESIDUAL_DTYPES = ("auto", "fp32")
-PROJECTION_DTYPES = ("auto", "fp32")
 PACKING_STRATEGIES = ("bfd", "wrapped")
 DEVICES = ("auto", "cpu", "cuda")
-FAULTS = ("none", "oom", "nan")
-
-
-def _one_of(name: str, value: object, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ConfigError(name, value, f"allowed: {', '.join(map(str, allowed))}")
-
-
-def _positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(name, value, "must be > 0")
 
 
 @dataclass
@@ -193,51 +166,13 @@ class TrainConfig:
     warmup_steps: int = 4
     scheduler: str = "linear"
     max_grad_norm: float = 0.3  # QLoRA paper value
-    checkpointing: str = "full"  # none | full | selective | offload (harness/levers.py)
-    # share of decoder layers recomputed, for selective and offload; null = the mode's default
-    # (selective 0.5, offload 1.0 = every layer); none and full ignore it
-    checkpoint_fraction: float | None = None
-    # spread: the layers not recomputed evenly over the depth | top: the last ones, whose saved
-    # activations backward frees before any recompute starts (same math, a lower peak)
-    kept_layers: str = "spread"
-    # of the layers checkpoint_fraction takes off the GPU, this many keep their saved tensors in
-    # pinned host memory (copied out in forward, back ahead of backward) instead of recomputing
-    # (CUDA; harness/host_layers.py)
-    host_layers: int = 0
-    slim_activations: bool = False  # kept layers save norm/SwiGLU inputs only (harness/slim.py)
-    # a recomputed layer skips down_proj's frozen matmul, whose output backward never reads (same
-    # math; llama, qwen2, mistral layers; harness/trim.py)
-    trim_recompute: bool = False
-    kernels: str = "none"  # none | liger: Triton RMSNorm + SwiGLU (CUDA)
-    lora_kernel: str = "peft"  # peft | fused: one autograd op for the LoRA branch
-    dequant_kernel: str = "bnb"  # bnb | triton: 4-bit dequant inside lora_kernel=fused (CUDA)
-    frozen_dtype: str = "fp32"  # fp32 (peft's upcast) | bf16: embeddings, norms, head
-    # auto: the embeddings' dtype (frozen_dtype) | fp32: the plain stack's fp32 residual stream
-    # under bf16 weights (harness/residual.py)
-    residual_dtype: str = "auto"
-    # auto: the compute dtype | fp32 (with residual_dtype=fp32): q, k, v, gate and up return their
-    # base output plus LoRA branch in fp32, as the plain stack's peft modules do (residual.py)
-    projection_dtype: str = "auto"
-    embeddings_on_cpu: bool = False  # frozen input embedding table in host memory (CUDA)
-    head_on_cpu: bool = False  # frozen LM head in pinned host memory, copied in per forward (CUDA)
-    expandable_segments: bool = False  # PyTorch allocator: expandable segments (CUDA)
-    # PyTorch allocator: reserve at most this much; past it, it frees its cached blocks and retries
-    # before it raises OOM (CUDA; null: no cap)
-    memory_cap_gib: float | None = None
-    flat_optimizer: bool = False  # one optimizer update over all adapter tensors (same math)
-    # right-padded batches attend under the causal mask alone (no padding mask; same math):
-    # they keep the unmasked attention kernel (harness/train.py, CountingCollator)
-    causal_padding: bool = False
-    # one full collection before training, then every live object moves to the collector's
-    # permanent generation (gc.freeze): its full passes during training scan only what training
-    # makes (harness/measure.py, frozen_heap)
-    gc_freeze: bool = False
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     timing_warmup_steps: int = 2  # steps excluded from throughput (allocator, autotune, caches)
     logging_steps: int = 1
     eval_every_steps: int = 0  # held-out loss every N steps (0 = only at the end); feeds pruning
-    inject_fault: str = "none"  # tests only: none | oom | nan, raised at step 2
+    # extra transformers TrainerCallbacks, as module.Class import paths (your tracker, alerts)
+    callbacks: list[str] = field(default_factory=list)
     save_adapter: bool = True
     merge: bool = False  # also write a merged 16-bit model
     generations: int = 0  # greedy samples on fixed prompts, base vs tuned
@@ -258,35 +193,8 @@ class TrainConfig:
             raise ConfigError("train.warmup_steps", self.warmup_steps, "must be >= 0")
         _one_of("train.scheduler", self.scheduler, SCHEDULERS)
         _positive("train.max_grad_norm", self.max_grad_norm)
-        _one_of("train.checkpointing", self.checkpointing, CHECKPOINTING)
-        if self.checkpoint_fraction is not None and not 0 < self.checkpoint_fraction <= 1:
-            raise ConfigError("train.checkpoint_fraction", self.checkpoint_fraction, "in (0, 1]")
-        _one_of("train.kept_layers", self.kept_layers, KEPT_LAYERS)
-        if not isinstance(self.host_layers, int) or self.host_layers < 0:
-            raise ConfigError("train.host_layers", self.host_layers, "must be an integer >= 0")
-        if self.host_layers and self.checkpointing not in ("selective", "offload"):
-            why = "takes layers that train.checkpointing=selective or offload would recompute"
-            raise ConfigError("train.host_layers", self.host_layers, why)
-        _one_of("train.kernels", self.kernels, KERNELS)
-        _one_of("train.lora_kernel", self.lora_kernel, LORA_KERNELS)
-        _one_of("train.dequant_kernel", self.dequant_kernel, DEQUANT_KERNELS)
-        if self.slim_activations and self.lora_kernel != "fused":
-            raise ConfigError("train.slim_activations", True, "needs train.lora_kernel=fused "
-                              "(the fused op saves the recipe in place of the output)")  # fmt: skip
-        if self.trim_recompute and self.lora_kernel != "fused":
-            raise ConfigError("train.trim_recompute", True, "needs train.lora_kernel=fused "
-                              "(the fused op is what skips the matmul)")  # fmt: skip
-        _one_of("train.frozen_dtype", self.frozen_dtype, FROZEN_DTYPES)
-        _one_of("train.residual_dtype", self.residual_dtype, RESIDUAL_DTYPES)
-        _one_of("train.projection_dtype", self.projection_dtype, PROJECTION_DTYPES)
-        if self.projection_dtype == "fp32" and self.residual_dtype != "fp32":
-            raise ConfigError(
-                "train.projection_dtype", "fp32", "needs train.residual_dtype=fp32 (fp32 stream)"
-            )
-        if self.memory_cap_gib is not None:
-            _positive("train.memory_cap_gib", self.memory_cap_gib)
         _one_of("train.device", self.device, DEVICES)
-        _one_of("train.inject_fault", self.inject_fault, FAULTS)
+        self.callbacks = list(self.callbacks)
         if self.timing_warmup_steps < 0:
             raise ConfigError("train.timing_warmup_steps", self.timing_warmup_steps, "must be >= 0")
 
@@ -319,6 +227,7 @@ class TrialConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
 
 def register_configs() -> None:
@@ -335,7 +244,7 @@ class _HydraRoot(TrialConfig):
     out_dir: str | None = None  # override of the record dir; default: the Hydra job dir
 
 
-TRIAL_GROUPS = ("model", "quant", "lora", "optim", "data", "train", "eval")
+TRIAL_GROUPS = ("model", "quant", "lora", "optim", "data", "train", "eval", "engine")
 
 
 def to_trial_config(cfg: DictConfig | dict) -> TrialConfig:
@@ -351,4 +260,5 @@ def to_trial_config(cfg: DictConfig | dict) -> TrialConfig:
         data=DataConfig(**parts["data"]),
         train=TrainConfig(**parts["train"]),
         eval=EvalConfig(**parts["eval"]),
+        engine=EngineConfig(**parts["engine"]),
     )

@@ -1,290 +1,266 @@
-"""Speed and memory levers of the trial. Each is one config key, applied to the adapted model after
-`attach_adapter`; every call sets the state of every lever from the config, so a base reused from
-a sweep's pool never carries the previous trial's choice.
+"""The engine's levers, put in place once when the model is built. Each is one config key:
 
-    train.kernels=liger           Liger's Triton RMSNorm, SwiGLU and RoPE (CUDA + triton)
-    train.lora_kernel=fused       each adapted Linear as one autograd op (harness/lora_op.py)
-    train.dequant_kernel=triton   the fused op's 4-bit dequantization in one Triton kernel
-    train.frozen_dtype=bf16       undo peft's fp32 upcast of embeddings, norms and head
-    train.residual_dtype=fp32     with it, keep the fp32 residual stream (harness/residual.py)
-    train.projection_dtype=fp32   and q, k, v, gate, up return base + branch in fp32 (residual.py)
-    train.checkpointing=selective recompute train.checkpoint_fraction of the decoder layers
-    train.checkpointing=offload   the same (default: every layer), their inputs in host memory
-    train.kept_layers=top         the layers not recomputed are the last ones, not spread out
-    train.trim_recompute=true     a recomputed layer skips down_proj's frozen matmul, whose
-                                  output backward never reads (harness/trim.py)
-    train.host_layers=N           N of the layers to recompute keep their saved tensors in pinned
-                                  host memory instead (harness/host_layers.py)
-    train.slim_activations=true   layers not recomputed keep norm/SwiGLU inputs only (slim.py)
-    train.embeddings_on_cpu=true  the frozen input embedding table in host memory
-    train.head_on_cpu=true        the frozen LM head in pinned host memory, streamed in per forward
-    train.expandable_segments     PyTorch's expandable allocator segments (less fragmentation)
-    train.memory_cap_gib=G        the allocator reserves at most G GiB (frees its cache first)
-    train.causal_padding=true     batches with trailing padding only run without the padding
-                                  mask: the unmasked attention kernel (applied in the collator:
-                                  train.py)
-    train.gc_freeze=true          Python's collector skips the objects alive before training
-                                  (applied around training: measure.frozen_heap)
-    train.flat_optimizer          one optimizer update over all adapter tensors (flat_optim.py,
-                                  applied where HF's Trainer builds the optimizer: train.py)
+    engine.kernels=liger           Liger's Triton RMSNorm, SwiGLU and RoPE (owned modules,
+                                  kernels.py; CUDA + liger-kernel)
+    engine.lora_kernel=fused       each adapted Linear as one autograd op: peft builds the
+                                  harness's LoRA layer (lora_modules(), lora_layer.py)
+    engine.dequant_kernel=triton   the fused op's 4-bit dequantization in one Triton kernel
+    engine.frozen_dtype=bf16       undo peft's fp32 upcast of embeddings, norms and head
+    engine.residual_dtype=fp32     with it, keep the fp32 residual stream (residual.py)
+    engine.projection_dtype=fp32   and q, k, v, gate, up return base + branch in fp32
+    engine.checkpointing=selective recompute engine.checkpoint_fraction of the decoder layers
+    engine.checkpointing=offload   the same (default: every layer), their inputs in host memory
+                                  (offload.py)
+    engine.kept_layers=top         the layers not recomputed are the last ones, not spread out
+    engine.trim_recompute=true     a recomputed layer skips down_proj's frozen matmul, whose
+                                  output backward never reads (trim.py)
+    engine.host_layers=N           N of the layers to recompute keep their saved tensors in pinned
+                                  host memory instead (host_layers.py)
+    engine.slim_activations=true   layers not recomputed keep norm/SwiGLU inputs only (slim.py)
+    engine.embeddings_on_cpu=true  the frozen input embedding table in host memory (host_frozen.py)
+    engine.head_on_cpu=true        the frozen LM head in pinned host memory, streamed in per forward
+    engine.memory_cap_gib=G        the allocator reserves at most G GiB (process.py: process-wide)
+    engine.causal_padding=true     batches with trailing padding only run without the padding
+                                  mask (the collator: harness/trial/train.py)
+    engine.gc_freeze=true          Python's collector skips the objects alive before training
+                                  (around training: harness/trial/measure.py)
+    engine.flat_optimizer=true     one optimizer update over all adapter tensors (flat_optim.py,
+                                  where HF's Trainer builds the optimizer: harness/trial/train.py)
 
-What each costs or saves on an H100 is measured by sweeps/speed.yaml (BENCHMARKS.md).
+`build` replaces modules in the tree with modules the harness owns, each holding the replaced
+module's Parameters and submodules under the same names; per-trial state (side streams, pinned
+buffers, parked tensors) lives in objects the built model holds. Nothing is undone: a sweep reuses
+a built base only for a trial of the same engine, and `build` leaves a base it built as it is.
+What each lever costs or saves is measured by benchmarks/levers.yaml (BENCHMARKS.md).
 """
-
-import types
 
 import torch
 from torch import nn
 
-from harness.config.schema import TrainConfig
-from harness.engine import host_frozen, host_layers, lora_op, offload, residual, slim, trim
+from harness.config.engine import EngineConfig
+from harness.engine import layers as layer_runs
+from harness.engine import lora_layer, lora_op, residual
+from harness.engine.host_frozen import Embedding, HostHead
+from harness.engine.kernels import (
+    ROPE_ATTENTION,
+    RMSNorm,
+    RopeAttention,
+    SwiGLU,
+    is_hf_rmsnorm,
+    is_hf_swiglu,
+)
 from harness.engine.layer_plan import host_positions
+from harness.engine.offload import Offloader
+from harness.engine.process import install_process_patches, installed_patches, process_patches
+from harness.engine.trim import Recompute
 from harness.errors import ConfigError
 
-_MARK = "_harness_lever"  # set on modules whose forward this module replaced
+__all__ = ["build", "check", "install_process_patches", "installed_patches", "lora_modules",
+           "process_patches"]  # fmt: skip
+
+_ON_CPU = {  # what each CUDA-only lever may be on a CPU trial
+    "kernels": "none", "dequant_kernel": "bnb", "checkpointing": "none, full or selective",
+    "host_layers": "0", "embeddings_on_cpu": "false", "head_on_cpu": "false",
+    "memory_cap_gib": "null",
+}  # fmt: skip
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
+          "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called", "_backward_hooks",
+          "_backward_pre_hooks")  # fmt: skip
 
 
-def check(tcfg: TrainConfig, device: str, num_layers: int | None = None) -> None:
+def check(ecfg: EngineConfig, device: str, num_layers: int | None = None) -> None:
     """Refuse, before any model is loaded, levers this device cannot run (and, given the model's
     depth, more host layers than there are layers to recompute)."""
     if num_layers is not None:
-        host_positions(num_layers, tcfg)
-    if tcfg.kernels == "liger":
-        if not device.startswith("cuda"):
-            raise ConfigError("train.kernels", "liger", "Triton kernels need CUDA; allowed: none")
+        host_positions(num_layers, ecfg)
+    cuda_only = ecfg.cuda_levers()
+    if cuda_only and not device.startswith("cuda"):
+        key, value = next(iter(cuda_only.items()))
+        also = [f"engine.{k}" for k in cuda_only if k != key]
+        more = f" (so do {', '.join(also)})" if also else ""
+        raise ConfigError(f"engine.{key}", value,
+                          f"needs CUDA{more}; on {device}: {_ON_CPU[key]}")  # fmt: skip
+    if ecfg.kernels == "liger":
         try:
             import liger_kernel.ops  # noqa: F401
         except ImportError as e:
             raise ConfigError(
-                "train.kernels", "liger", f"pip install liger-kernel ({e}); allowed: none"
+                "engine.kernels", "liger", f"pip install liger-kernel ({e}); allowed: none"
             ) from None
-    cuda_only = {
-        "train.dequant_kernel": tcfg.dequant_kernel == "triton" and "triton",
-        "train.checkpointing": tcfg.checkpointing == "offload" and "offload",
-        "train.host_layers": tcfg.host_layers,
-        "train.embeddings_on_cpu": tcfg.embeddings_on_cpu,
-        "train.head_on_cpu": tcfg.head_on_cpu,
-        "train.expandable_segments": tcfg.expandable_segments,
-        "train.memory_cap_gib": tcfg.memory_cap_gib,
-    }
-    for key, value in cuda_only.items():
-        if value and not device.startswith("cuda"):
-            raise ConfigError(key, value, "acts on GPU memory; needs CUDA")
 
 
-def apply(model, tcfg: TrainConfig, *, compute_dtype: torch.dtype) -> dict:
-    """Set every lever on `model` (a peft model) as `tcfg` says. Returns what was applied."""
-    offload.reset()  # parked inputs of an aborted pass (an OOM trial) go
-    host_frozen.head_on_cpu(model, False)  # a pooled base's head back in place before any cast
-    applied = {"frozen_cast": _frozen_dtype(model, tcfg.frozen_dtype, compute_dtype)}
-    applied.update(_kernels(model, tcfg.kernels))
-    applied["lora_fused"], applied["dequant_triton"] = _lora_kernel(
-        model, tcfg.lora_kernel, tcfg.dequant_kernel
-    )
-    applied.update(_checkpointing(model, tcfg))
-    wide = tcfg.residual_dtype == "fp32" and tcfg.frozen_dtype != "fp32"
-    # before _slim: slim's norm hooks must come after the residual's own
-    fused = tcfg.lora_kernel == "fused"
-    proj = wide and tcfg.projection_dtype == "fp32"
-    applied.update(residual.apply(model, wide, compute_dtype, fused=fused, projections=proj))
-    applied["slim_layers"] = _slim(model, tcfg.slim_activations, tcfg.kernels)
-    applied["embeddings_on_cpu"] = host_frozen.embeddings_on_cpu(model, tcfg.embeddings_on_cpu)
-    applied["head_on_cpu"] = host_frozen.head_on_cpu(model, tcfg.head_on_cpu)
-    applied["expandable_segments"] = offload.expandable_segments(tcfg.expandable_segments)
-    applied["memory_cap_gib"] = offload.memory_cap(tcfg.memory_cap_gib)
-    return applied
+def lora_modules(ecfg: EngineConfig) -> dict[type, type] | None:
+    """For engine.lora_kernel=fused, the base layer type -> LoRA layer class mapping to register
+    with peft before the adapter is attached (peft's LoraConfig._register_custom_module), so that
+    peft builds the harness's fused LoRA layers; None for peft's own."""
+    return lora_layer.lora_modules() if ecfg.lora_kernel == "fused" else None
+
+
+def build(model, ecfg: EngineConfig, *, compute_dtype: torch.dtype) -> dict:
+    """Put every lever of `ecfg` in place on `model`, a peft model just adapted (with
+    `lora_modules(ecfg)` registered). Call once per adapter; on a base built before for the same
+    engine it changes nothing at the base level and sets up the fresh LoRA layers only. Returns
+    what the record keeps under `levers`."""
+    if any(map(lora_layer.is_fused, model.modules())) != (ecfg.lora_kernel == "fused"):
+        why = "attach the adapter with custom_modules=lora_modules(engine): peft builds the layers"
+        raise ConfigError("engine.lora_kernel", ecfg.lora_kernel, why)
+    install_process_patches(ecfg)
+    levers = {"frozen_cast": _frozen_dtype(model, ecfg.frozen_dtype, compute_dtype)}
+    wide = ecfg.residual_dtype == "fp32" and ecfg.frozen_dtype != "fp32"
+    layers = layer_runs.decoder_layers(model)
+    slim = layer_runs.slim_positions(len(layers), ecfg)
+    recipes = {pos: layer_runs.layer_recipes(layers[pos]) for pos in sorted(slim)}
+    levers.update(_decoder_modules(model, layers, recipes, ecfg.kernels == "liger", wide))
+    levers["lora_fused"], levers["dequant_triton"] = _fused_layers(model, ecfg.dequant_kernel)
+    recompute = Recompute()  # one per trial, as the Offloader: shared by its runners
+    runs = {"recipes": recipes, "offloader": Offloader(recompute), "recompute": recompute}
+    levers.update(layer_runs.place(layers, ecfg, **runs))
+    projections = wide and ecfg.projection_dtype == "fp32"
+    levers.update(residual.place(model, wide=wide, projections=projections, dtype=compute_dtype))
+    levers["embeddings_on_cpu"] = _embedding(model, ecfg.embeddings_on_cpu, wide)
+    levers["head_on_cpu"] = _head(model, ecfg.head_on_cpu)
+    levers["memory_cap_gib"] = ecfg.memory_cap_gib if installed_patches() else None
+    return levers
 
 
 def _frozen_dtype(model, dtype: str, compute_dtype: torch.dtype) -> int:
     """peft's prepare_model_for_kbit_training casts every non-4-bit weight to fp32. The weights were
     bf16, so casting back is exact; what changes is that activations follow the embedding's dtype,
     so the residual stream and the elementwise math run in bf16 (llama3-8b: -2.1 GB of weights and
-    half the bytes of every saved activation). fp32 keeps peft's behaviour: nothing to do."""
+    half the bytes of every saved activation). fp32 keeps peft's behaviour: nothing to do.
+    Returns the frozen weights now held in `compute_dtype` (the same on a base built before)."""
     if dtype == "fp32":
         return 0
     n = 0
     for param in model.parameters():
         if param.requires_grad or not param.is_floating_point():
             continue
-        if param.__class__.__name__ == "Params4bit" or param.dtype == compute_dtype:
+        if param.__class__.__name__ == "Params4bit":
             continue
-        param.data = param.data.to(compute_dtype)
+        if param.dtype != compute_dtype:
+            param.data = param.data.to(compute_dtype)
         n += param.numel()
     return n
 
 
-def _restore(module: nn.Module) -> None:
-    if getattr(module, _MARK, None):
-        del module.forward
-        delattr(module, _MARK)
+def _swap(parent: nn.Module, name: str, old: nn.Module, new: nn.Module) -> None:
+    """Put `new` in `old`'s place, with the hooks libraries registered on `old` (e.g. HF's
+    input-require-grads hook on the embedding)."""
+    for attr in _HOOKS:
+        setattr(new, attr, getattr(old, attr))
+    new.train(old.training)
+    setattr(parent, name, new)
 
 
-def _bind(module: nn.Module, fn, tag: str) -> None:
-    module.forward = types.MethodType(fn, module)
-    setattr(module, _MARK, tag)
+def _settle(parent: nn.Module, name: str, child: nn.Module, want: dict, make) -> None:
+    """Replace `child` by `make()` where `want` turns a setting on; leave an owned module built
+    for the same settings; refuse one built for others (a base built for another engine)."""
+    owned = isinstance(child, RMSNorm | SwiGLU | RopeAttention | Embedding | HostHead)
+    have = child.settings() if owned else None
+    if have is None:
+        if any(want.values()):
+            _swap(parent, name, child, make())
+    elif have != {k: want.get(k) for k in have}:
+        why = "a base is reused only by a trial of the same engine"
+        raise RuntimeError(f"{name} was built for {have}, this engine wants {want}: {why}")
 
 
-def _kernels(model, kernels: str) -> dict:
-    norms = mlps = 0
-    for module in model.modules():
-        is_norm = type(module).__name__.endswith("RMSNorm") and hasattr(module, "variance_epsilon")
-        is_mlp = all(hasattr(module, k) for k in ("gate_proj", "up_proj", "down_proj", "act_fn"))
-        is_mlp = is_mlp and "SiLU" in type(module.act_fn).__name__
-        if not (is_norm or is_mlp):
-            continue
-        _restore(module)
-        if kernels == "liger":
-            _bind(module, _liger_rmsnorm if is_norm else _liger_swiglu, "liger")
-            norms, mlps = norms + is_norm, mlps + is_mlp
-    return {"liger_rmsnorm": norms, "liger_swiglu": mlps, "liger_rope": _rope(kernels)}
+def _rope(liger: bool):
+    if not liger:
+        return None
+    from liger_kernel.transformers.rope import liger_rotary_pos_emb
+
+    return liger_rotary_pos_emb
 
 
-# HF's decoder modules call their module-level apply_rotary_pos_emb; Liger's RoPE kernel has the
-# same signature and math (rotate-half convention) and rotates q and k in place, in one pass.
-_ROPE_MODULES = ("llama", "qwen2", "mistral")
-_HF_ROPE: dict[str, object] = {}
+def _wanted(child: nn.Module, table, liger: bool, wide: bool, rope):
+    """(settings, maker) of the owned module for `child`, or None where none replaces it."""
+    slim = table is not None
+    if is_hf_rmsnorm(child) or isinstance(child, RMSNorm):
+        want = {"liger": liger, "narrow": wide, "slim": slim}
+        return want, lambda: RMSNorm(child, liger=liger, narrow=wide, recipes=table)
+    if is_hf_swiglu(child) or isinstance(child, SwiGLU):
+        return {"liger": liger, "slim": slim}, lambda: SwiGLU(child, liger=liger, recipes=table)
+    if type(child).__name__ in ROPE_ATTENTION or isinstance(child, RopeAttention):
+        return {"rope": getattr(rope, "__module__", None)}, lambda: RopeAttention(child, rope)
+    return None
 
 
-def _rope(kernels: str) -> int:
-    import importlib
-
-    n = 0
-    for family in _ROPE_MODULES:
-        mod = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
-        original = _HF_ROPE.setdefault(family, mod.apply_rotary_pos_emb)
-        if kernels == "liger":
-            from liger_kernel.transformers.rope import liger_rotary_pos_emb
-
-            mod.apply_rotary_pos_emb, n = liger_rotary_pos_emb, n + 1
-        else:
-            mod.apply_rotary_pos_emb = original
-    return n
-
-
-def _liger_rmsnorm(self, hidden_states):
-    from liger_kernel.ops import LigerRMSNormFunction
-
-    # casting_mode "llama" = HF's LlamaRMSNorm/Qwen2RMSNorm: only the inverse RMS in fp32.
-    return LigerRMSNormFunction.apply(
-        hidden_states, self.weight, self.variance_epsilon, 0.0, "llama"
-    )
+def _decoder_modules(model, layers: list, recipes: dict, liger: bool, wide: bool) -> dict:
+    """RMSNorms, SwiGLU MLPs and attention as owned modules where a lever changes them."""
+    slim_of = {id(m): recipes[pos] for pos in recipes for m in layers[pos].modules()}
+    rope = _rope(liger)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            wanted = _wanted(child, slim_of.get(id(child)), liger, wide, rope)
+            if wanted is not None:
+                _settle(parent, name, child, *wanted)
+    owned = [m for m in model.modules() if isinstance(m, RMSNorm | SwiGLU | RopeAttention)]
+    return {
+        "liger_rmsnorm": sum(isinstance(m, RMSNorm) and m.liger for m in owned),
+        "liger_swiglu": sum(isinstance(m, SwiGLU) and m.liger for m in owned),
+        "liger_rope": sum(isinstance(m, RopeAttention) for m in owned),
+        "residual_fp32_norms": sum(isinstance(m, RMSNorm) and m.narrow for m in owned),
+    }
 
 
-def _liger_swiglu(self, x):
-    from liger_kernel.ops import LigerSiLUMulFunction
-
-    # saves gate and up, recomputes silu(gate)*up in backward: one [tokens, ffn] tensor fewer
-    # (and in a slim layer the product too: down_proj's input)
-    act = slim.swiglu(LigerSiLUMulFunction.apply, self.gate_proj(x), self.up_proj(x))
-    return self.down_proj(act)
-
-
-def _hf_swiglu_slim(self, x):
-    """HF's MLP forward, the same ops, with the product remembered for slim layers."""
-    return self.down_proj(slim.swiglu(self._harness_mul, self.gate_proj(x), self.up_proj(x)))
-
-
-def _lora_kernel(model, kernel: str, dequant: str = "bnb") -> tuple[int, int]:
+def _fused_layers(model, dequant: str) -> tuple[int, int]:
     """(adapted Linear layers on the fused op, of them dequantized by the Triton kernel)."""
-    n = n_triton = 0
-    for module in model.modules():
-        if not (hasattr(module, "lora_A") and hasattr(module, "base_layer")):
-            continue
-        _restore(module)
-        vars(module.base_layer).pop(lora_op.DEQUANT_ATTR, None)
-        if kernel == "fused":
-            _bind(module, _fused_lora_forward, "fused")
-            n += 1
-            if dequant == "triton" and lora_op.triton_dequant_ok(module.base_layer):
-                setattr(module.base_layer, lora_op.DEQUANT_ATTR, True)
-                n_triton += 1
-    return n, n_triton
+    from harness.engine.dequant_triton import Dequantizer
+
+    fused = [m for m in model.modules() if lora_layer.is_fused(m)]
+    for layer in fused:
+        if dequant == "triton" and lora_op.triton_dequant_ok(layer.base_layer):
+            layer.dequant = layer.dequant or Dequantizer()
+    return len(fused), sum(layer.dequant is not None for layer in fused)
 
 
-def _single_plain_adapter(layer, kwargs) -> str | None:
-    """The one active vanilla-LoRA adapter, or None where peft's own forward must run (merged,
-    disabled, mixed-batch adapters, DoRA and other variants, LoRA bias)."""
-    if layer.disable_adapters or layer.merged or kwargs.get("adapter_names") is not None:
-        return None
-    active = [a for a in layer.active_adapters if a in layer.lora_A]
-    if len(active) != 1:
-        return None
-    name = active[0]
-    if name in getattr(layer, "lora_variant", {}) or getattr(layer, "lora_bias", {}).get(name):
-        return None
-    return name
+def _parent(model, module: nn.Module) -> tuple[nn.Module, str]:
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if child is module:
+                return parent, name
+    raise ValueError(f"{type(module).__name__} is not in the model")
 
 
-def _fused_lora_forward(self, x, *args, **kwargs):
-    name = _single_plain_adapter(self, kwargs)
-    out_dtype = vars(self).get(residual.OUT_DTYPE)  # a down_proj writing to an fp32 residual
-    if name is None or not lora_op.supported_base(self.base_layer):
-        x = x if out_dtype is None else x.to(out_dtype)  # peft's forward, as in the plain stack
-        return type(self).forward(self, x, *args, **kwargs)
-    a, b = self.lora_A[name].weight, self.lora_B[name].weight
-    drop = self.lora_dropout[name]
-    p = drop.p if isinstance(drop, nn.Dropout) and drop.training else 0.0
-    # Drawn from the CPU generator, which activation checkpointing restores before it recomputes
-    # a layer, so the recomputed layer regenerates the same mask.
-    seed = int(torch.randint(0, 2**31 - 1, (1,))) if p else 0
-    # peft's matmuls: the adapter's in the autocast dtype (else its weights' dtype); the base in
-    # bitsandbytes' compute dtype (a 16-bit base: the autocast dtype, else its weight's)
-    autocast = torch.is_autocast_enabled(x.device.type)
-    dtype = torch.get_autocast_dtype(x.device.type) if autocast else a.dtype
-    base = self.base_layer
-    base_dtype = dtype if autocast else base.weight.dtype
-    if base.weight.__class__.__name__ == "Params4bit":
-        base_dtype = base.compute_dtype or x.dtype
-    return lora_op.LoraLinear.apply(
-        x, a, b, base, float(self.scaling[name]), p, seed, dtype, base_dtype, out_dtype,
-        trim.skips(self),
-    )  # fmt: skip
+def _tied(model) -> bool:
+    """Whether the LM head and the input embedding share one matrix (neither can move alone)."""
+    out = model.get_output_embeddings()
+    if out is None or isinstance(out, HostHead):  # a streamed head is an untied one
+        return False
+    return out.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
 
 
-def _decoder_layers(model) -> list:
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
-    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
-
-
-def _checkpointing(model, tcfg: TrainConfig) -> dict:
-    """Set each decoder layer's checkpointing flag and host-layer state. attach_adapter enabled
-    checkpointing on all layers (any mode but none); a pooled base may still carry the previous
-    trial's flags."""
-    layers = _decoder_layers(model)
-    n, mode = len(layers), tcfg.checkpointing
-    chosen, host = host_positions(n, tcfg)
-    for i, layer in enumerate(layers):
-        layer.gradient_checkpointing = i in chosen and hasattr(
-            layer, "_gradient_checkpointing_func"
-        )
-        if layer.gradient_checkpointing:  # offload: our own recompute, inputs in host memory
-            original = vars(layer).setdefault("_harness_ckpt", layer._gradient_checkpointing_func)
-            layer._gradient_checkpointing_func = (
-                offload.offloaded_checkpoint
-                if mode == "offload"
-                else trim.checkpoint_func(original, tcfg.trim_recompute)
-            )
-    done = sum(layer.gradient_checkpointing for layer in layers)
-    return {"checkpointed_layers": done, "num_layers": n,
-            "host_layers": host_layers.apply(layers, host),
-            "recompute_trimmed": trim.apply(layers, tcfg.trim_recompute)}  # fmt: skip
+def _embedding(model, on_cpu: bool, wide: bool) -> int:
+    """The input embedding as an owned module where a lever changes it. Returns the weights in
+    host memory (0 where the table is tied to the LM head or trainable)."""
+    emb = model.get_input_embeddings()
+    host = on_cpu and not _tied(model) and not emb.weight.requires_grad
+    want = {"host": host, "out_dtype": torch.float32 if wide else None}
+    if isinstance(emb, nn.Embedding | Embedding):
+        parent, name = _parent(model, emb)
+        _settle(parent, name, emb, want,
+                lambda: Embedding(emb, host=host, out_dtype=want["out_dtype"]))  # fmt: skip
+    emb = model.get_input_embeddings()
+    return emb.weight.numel() if isinstance(emb, Embedding) and emb.host else 0
 
 
-def _slim(model, on: bool, kernels: str) -> int:
-    """Bind slim.slim_layer_forward on the decoder layers that are not recomputed (on), or undo it.
-    Run after _checkpointing and _kernels (which restored every MLP's forward)."""
-    n = 0
-    for layer in _decoder_layers(model):
-        _restore(layer)
-        kept = on and not layer.gradient_checkpointing and not host_layers.is_host(layer)
-        slim.hook_norms(layer, kept)
-        if not kept:
-            continue
-        _bind(layer, slim.slim_layer_forward, "slim")
-        mlp = getattr(layer, "mlp", None)
-        if kernels != "liger" and type(mlp).__name__ in trim.SWIGLU_MLPS:
-            mlp._harness_mul = lambda g, u, act=mlp.act_fn: act(g) * u
-            _bind(mlp, _hf_swiglu_slim, "slim")
-        n += 1
-    return n
+def _head(model, on_cpu: bool) -> int:
+    """The frozen, untied LM head as a HostHead (on_cpu). Returns the weights in host memory (0
+    where the head is tied to the input embedding, trainable or not a plain Linear)."""
+    head = model.get_output_embeddings()
+    usable = isinstance(head, nn.Linear) and head.bias is None and not head.weight.requires_grad
+    if isinstance(head, HostHead) or (on_cpu and usable and not _tied(model)):
+        parent, name = _parent(model, head)
+        _settle(parent, name, head, {"host": on_cpu}, lambda: _host_head(model, head))
+    head = model.get_output_embeddings()
+    return head.host.numel() if isinstance(head, HostHead) else 0
+
+
+def _host_head(model, head: nn.Linear) -> HostHead:
+    new = HostHead(head)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else base.model
+    decoder.register_forward_pre_hook(new.prefetch)
+    decoder.register_forward_hook(new.drop_after_backward)
+    return new

@@ -1,10 +1,11 @@
-"""train.dequant_kernel=triton: bitsandbytes' 4-bit dequantization (NF4 / FP4, with or without
-double quantization) as one Triton kernel, for the fused LoRA op's base matmul (harness/lora_op.py).
+"""engine.dequant_kernel=triton: bitsandbytes' 4-bit dequantization (NF4 / FP4, with or without
+double quantization) as one Triton kernel, for the fused LoRA op's base matmul
+(harness/engine/lora_op.py).
 
 bitsandbytes dequantizes a double-quantized weight in three launches: the 8-bit absmax codes to
 fp32 (code2[q] * absmax2[block // 256]), `+ offset`, then the 4-bit values (code[nibble] *
 absmax[block]) to the compute dtype. Its 4-bit kernel moved ~1.9 TB/s on an H200 (26.8 ms a step
-for 672 calls, llama3-8b b4, full recompute: results/h200_profile/profile_b.json). This kernel
+for 672 calls, llama3-8b b4, full recompute, profiled). This kernel
 does all three in one pass that reads each packed byte once and writes two values, with the same
 fp32 operations in the same order (no fused multiply-add: `enable_fp_fusion=False`), so its output
 is bitsandbytes' bit for bit; tests/test_dequant.py checks that against bitsandbytes on the CPU
@@ -60,14 +61,7 @@ def supported(packed: torch.Tensor, state) -> str | None:
     return None
 
 
-_ARGS = "_harness_dequant_args"  # launch arguments, cached on the quant state (host time counts)
-
-
 def _launch_args(packed: torch.Tensor, state) -> tuple:
-    key = (packed.data_ptr(), packed.device)  # weight.data is a new tensor object per access
-    args = vars(state).get(_ARGS)
-    if args is not None and args[0] == key:
-        return args
     why = supported(packed, state)
     if why is not None:
         raise ValueError(f"dequant_triton: unsupported weight: {why}")
@@ -84,17 +78,31 @@ def _launch_args(packed: torch.Tensor, state) -> tuple:
     if os.environ.get("TRITON_INTERPRET") != "1":
         meta["enable_fp_fusion"] = False
     grid = (triton.cdiv(packed.numel(), _BYTES_PER_PROGRAM),)
-    args = (key, absmax, ptrs, offset, tuple(state.shape), state.dtype, grid, meta)
-    setattr(state, _ARGS, args)
-    return args
+    return absmax, ptrs, offset, tuple(state.shape), state.dtype, grid, meta
+
+
+class Dequantizer:
+    """One 4-bit weight's dequantization, owned by its fused LoRA layer (lora_layer.py). Keeps the
+    kernel's launch arguments: working them out again per call cost host time that counts, 672
+    calls a step on llama3-8b."""
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.args: tuple | None = None
+
+    def __call__(self, packed: torch.Tensor, state, dtype: torch.dtype | None = None):
+        """bitsandbytes.functional.dequantize_4bit(packed, state), then .to(dtype), in one
+        kernel."""
+        key = (packed.data_ptr(), packed.device)  # weight.data is a new tensor object per access
+        if self.key != key:
+            self.key, self.args = key, _launch_args(packed, state)
+        absmax, (code, code2, absmax2), offset, shape, wdtype, grid, meta = self.args
+        # bitsandbytes writes state.dtype (the weight's dtype before quantizing); .to(dtype) after
+        out = torch.empty(shape, dtype=wdtype, device=packed.device)
+        _dequant4[grid](packed, absmax, code, code2, absmax2, offset, out, packed.numel(), **meta)
+        return out if dtype is None else out.to(dtype)
 
 
 def dequantize_4bit(packed: torch.Tensor, state, dtype: torch.dtype | None = None) -> torch.Tensor:
     """bitsandbytes.functional.dequantize_4bit(packed, state), then .to(dtype), in one kernel."""
-    _, absmax, (code, code2, absmax2), offset, shape, wdtype, grid, meta = _launch_args(
-        packed, state
-    )
-    # bitsandbytes writes state.dtype (the weight's dtype before quantizing); .to(dtype) after it
-    out = torch.empty(shape, dtype=wdtype, device=packed.device)
-    _dequant4[grid](packed, absmax, code, code2, absmax2, offset, out, packed.numel(), **meta)
-    return out if dtype is None else out.to(dtype)
+    return Dequantizer()(packed, state, dtype)

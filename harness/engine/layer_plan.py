@@ -1,10 +1,10 @@
 """Which decoder layers a trial recomputes in backward, keeps on the GPU, or keeps in host memory
-(train.checkpointing, train.checkpoint_fraction, train.kept_layers, train.host_layers). Pure
+(engine.checkpointing, engine.checkpoint_fraction, engine.kept_layers, engine.host_layers). Pure
 functions of the depth and the config: preflight checks them before any model is loaded."""
 
 import math
 
-from harness.config.schema import TrainConfig, recompute_fraction
+from harness.config.engine import EngineConfig, recompute_fraction
 from harness.errors import ConfigError
 
 
@@ -27,17 +27,17 @@ def recomputed_layers(n: int, fraction: float, kept_layers: str = "spread") -> s
     return spread(n, fraction)
 
 
-def host_positions(n: int, tcfg: TrainConfig) -> tuple[set[int], set[int]]:
+def host_positions(n: int, ecfg: EngineConfig) -> tuple[set[int], set[int]]:
     """(recomputed, host): of the layers `checkpoint_fraction` would recompute, `host_layers`
     spread evenly over them (centred: each copy has compute on both sides) keep their saved
     tensors in host memory; the others are recomputed."""
-    mode = tcfg.checkpointing
-    chosen = sorted(recomputed_layers(n, recompute_fraction(mode, tcfg.checkpoint_fraction),
-                                      tcfg.kept_layers))  # fmt: skip
-    h = tcfg.host_layers
+    mode = ecfg.checkpointing
+    chosen = sorted(recomputed_layers(n, recompute_fraction(mode, ecfg.checkpoint_fraction),
+                                      ecfg.kept_layers))  # fmt: skip
+    h = ecfg.host_layers
     if h > len(chosen):
-        why = (f"at most the {len(chosen)} of {n} layers that train.checkpoint_fraction="
-               f"{tcfg.checkpoint_fraction} takes off the GPU")  # fmt: skip
-        raise ConfigError("train.host_layers", h, why)
+        why = (f"at most the {len(chosen)} of {n} layers that engine.checkpoint_fraction="
+               f"{ecfg.checkpoint_fraction} takes off the GPU")  # fmt: skip
+        raise ConfigError("engine.host_layers", h, why)
     host = {chosen[math.floor((i + 0.5) * len(chosen) / h)] for i in range(h)}
     return set(chosen) - host, host

@@ -1,4 +1,4 @@
-"""train.lora_kernel=fused: a LoRA-adapted Linear (frozen base, 4-bit or 16-bit, plus the adapter
+"""engine.lora_kernel=fused: a LoRA-adapted Linear (frozen base, 4-bit or 16-bit, plus the adapter
 with its dropout) as ONE autograd op, the same math as peft's Linear4bit/Linear under autocast:
 
     y = x Wᵀ (+ bias) + s · dropout_p(x) Aᵀ Bᵀ        W = dequantize(W4) in the compute dtype
@@ -8,18 +8,19 @@ What it saves and moves, where peft's three modules differ:
   saves dropout(x) and its mask per adapted Linear (7 per llama block);
 - the dropout mask is a pure function of a seed (drawn from the CPU generator, which activation
   checkpointing restores before it recomputes a layer), regenerated in backward: on CUDA inside
-  Triton kernels that read x once (harness/lora_triton.py), on the CPU as a seeded tensor;
+  Triton kernels that read x once (lora_triton.py), on the CPU as a seeded tensor;
 - the branch is accumulated into the base output in place (addmm), and in backward the LoRA
   input-gradient is added into the base's in place: no separate add passes. Where the input (or
-  `out_dtype`: a down_proj under train.residual_dtype=fp32) is wider than the compute dtype, the
+  `out_dtype`: a down_proj under engine.residual_dtype=fp32) is wider than the compute dtype, the
   branch is added in that dtype instead, as peft adds it to bitsandbytes' output: a small update
   to an fp32 residual stream is not rounded away;
-- in a slim layer (harness/slim.py) it saves the recipe of its input, not the input;
-- in a trimmed recompute (harness/trim.py: a down_proj whose output backward never reads) it
-  skips the base matmul and returns an unfilled output;
+- in a slim layer (harness/engine/slim.py) it saves the recipe of its input, not the input;
+- in a trimmed recompute (harness/engine/trim.py: a down_proj whose output backward never reads)
+  it skips the base matmul and returns an unfilled output;
 - the base weight is dequantized once in forward and once in backward, as bitsandbytes does;
-  with train.dequant_kernel=triton by one kernel that writes bitsandbytes' values bit for bit
-  (harness/dequant_triton.py).
+  with engine.dequant_kernel=triton by one kernel that writes bitsandbytes' values bit for bit
+  (harness/engine/dequant_triton.py).
+The module that calls it, with peft's fallback, is harness/engine/lora_layer.py.
 """
 
 import contextlib
@@ -27,8 +28,6 @@ import importlib.util
 
 import torch
 from torch.nn import functional as F
-
-from harness.engine import slim
 
 
 def dropout_mask(shape, p: float, seed: int, device) -> torch.Tensor:
@@ -46,9 +45,6 @@ def _use_triton(x: torch.Tensor, p: float) -> bool:
     return bool(p) and _HAS_TRITON and x.device.type == "cuda" and x.shape[-1] % 4 == 0
 
 
-DEQUANT_ATTR = "_harness_dequant_triton"  # set on a base layer by levers (train.dequant_kernel)
-
-
 def triton_dequant_ok(layer) -> bool:
     """A bitsandbytes 4-bit layer on CUDA whose weight the Triton kernel reproduces exactly."""
     weight = getattr(layer, "weight", None)
@@ -62,13 +58,12 @@ def triton_dequant_ok(layer) -> bool:
     return supported(weight.data, state) is None
 
 
-def base_weight(layer, dtype: torch.dtype) -> torch.Tensor:
-    """The frozen base weight [out, in] in `dtype`: dequantized for a bitsandbytes 4-bit layer."""
+def base_weight(layer, dtype: torch.dtype, dequant=None) -> torch.Tensor:
+    """The frozen base weight [out, in] in `dtype`: dequantized for a bitsandbytes 4-bit layer, by
+    `dequant` (a dequant_triton.Dequantizer) where given, else by bitsandbytes."""
     weight = layer.weight
-    if vars(layer).get(DEQUANT_ATTR):
-        from harness.engine.dequant_triton import dequantize_4bit
-
-        return dequantize_4bit(weight.data, weight.quant_state, dtype)
+    if dequant is not None:
+        return dequant(weight.data, weight.quant_state, dtype)
     if weight.__class__.__name__ == "Params4bit":
         import bitsandbytes.functional as bnbf
 
@@ -105,10 +100,12 @@ class LoraLinear(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx, x, weight_a, weight_b, layer, scale, p, seed, dtype, base_dtype, out_dtype=None,
-        skip_base=False,
+        skip_base=False, recipe=None, dequant=None,
     ):  # fmt: skip
+        """`recipe`: how x was made (slim.Recipe: saved instead of x); `dequant`: the Triton
+        dequantizer of `layer`'s 4-bit weight, or None for bitsandbytes'."""
         wide = x.dtype if out_dtype is None or x.dtype.itemsize >= out_dtype.itemsize else out_dtype
-        ctx.recipe = slim.recipe_for(x)  # a slim layer's norm output or SwiGLU product: recomputed
+        ctx.recipe = recipe  # a slim layer's norm output or SwiGLU product: recomputed
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         xb, x2 = None if skip_base else x2.to(base_dtype), x2.to(dtype)
@@ -116,9 +113,11 @@ class LoraLinear(torch.autograd.Function):
         bias = None if layer.bias is None else layer.bias.to(base_dtype)
         c = scale / (1.0 - p)
         with _explicit_dtypes(x.device.type, dtype, base_dtype):
-            y = None  # a trimmed recompute (harness/trim.py): nothing reads the output
+            y = None  # a trimmed recompute (trim.py): nothing reads the output
             if not skip_base:
-                y = F.linear(xb, base_weight(layer, base_dtype), bias).to(dtype)  # [N, out]
+                y = F.linear(xb, base_weight(layer, base_dtype, dequant), bias).to(
+                    dtype
+                )  # [N, out]
             del xb
             if _use_triton(x2, p):
                 from harness.engine.lora_triton import lora_a_forward
@@ -139,7 +138,7 @@ class LoraLinear(torch.autograd.Function):
             else:
                 y.addmm_(h, b.t())
         ctx.save_for_backward(*([] if ctx.recipe else [x2]), a, b, h)
-        ctx.layer, ctx.scale, ctx.p, ctx.seed = layer, scale, p, seed
+        ctx.layer, ctx.dequant, ctx.scale, ctx.p, ctx.seed = layer, dequant, scale, p, seed
         ctx.dtype, ctx.base_dtype, ctx.x_shape, ctx.x_dtype = dtype, base_dtype, shape, x.dtype
         ctx.weight_dtypes = (weight_a.dtype, weight_b.dtype)
         return y.view(*shape[:-1], y.shape[-1]).to(wide)
@@ -166,7 +165,7 @@ class LoraLinear(torch.autograd.Function):
             del g
             grad_x = None
             if want_x:  # the base's input gradient: dequantize again, as bitsandbytes does
-                w = base_weight(ctx.layer, ctx.base_dtype)
+                w = base_weight(ctx.layer, ctx.base_dtype, ctx.dequant)
                 grad_x = (g2.to(ctx.base_dtype) @ w).to(dtype)  # [N, in]
                 del w
             if _use_triton(x2, p):
@@ -187,4 +186,4 @@ class LoraLinear(torch.autograd.Function):
         if grad_x is not None:
             grad_x = grad_x.view(ctx.x_shape).to(ctx.x_dtype)
         dtype_a, dtype_b = ctx.weight_dtypes
-        return grad_x, grad_a.to(dtype_a), grad_b.to(dtype_b), *([None] * 8)
+        return grad_x, grad_a.to(dtype_a), grad_b.to(dtype_b), *([None] * 10)

@@ -1,4 +1,4 @@
-"""Triton kernels for LoRA dropout (train.lora_kernel=fused on CUDA): the dropout mask is never
+"""Triton kernels for LoRA dropout (engine.lora_kernel=fused on CUDA): the dropout mask is never
 stored and never written as a tensor. It is a pure function of (seed, row, col), drawn inside
 the three kernels that read the layer input:
 
@@ -105,8 +105,8 @@ def _check(x: torch.Tensor) -> None:
 
 def launch_config(kernel: str, n: int, k: int) -> dict:
     """Block sizes, splits and warps per kernel ('fwd', 'grad', 'xgrad') for x [n, k]: the
-    fastest of reports/benchmarks/tune_lora_kernels.py's sweep on an H200 at n = 8192, k = 4096
-    and 14336 (results/h200_diag/tune.json; 1.05-1.3x over the first configs)."""
+    fastest of a sweep of these settings on an H200 at n = 8192, k = 4096 and 14336 (1.05-1.3x
+    over the first configs tried)."""
     wide = k > 8192
     if kernel == "fwd":  # split K: more programs in flight than one per 32-64 rows
         return {"BM": 64, "BK": 64 if wide else 128, "SPLIT": 8 if wide else 4, "num_warps": 4,

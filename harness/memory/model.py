@@ -11,6 +11,7 @@ reserved figure; pick's safety margin covers it.
 from dataclasses import replace
 from typing import Any
 
+from harness.config.migrate import effective_engine, migrate_record
 from harness.memory.anchors import LLAMA3_8B, PRIOR_ANCHORS, Point
 from harness.memory.fit import Calibration, fit_terms, split_holdout, summarise_errors
 from harness.memory.terms import (
@@ -22,7 +23,6 @@ from harness.memory.terms import (
     off_peak_bytes,
     static_bytes,
 )
-from harness.trial.record import effective_train
 
 __all__ = [
     "LLAMA3_8B",
@@ -59,7 +59,7 @@ def predict_peak_gib(
     out["total"] = sum(out.values())
     cap = setting.memory_cap_gib
     if cap is not None and out["total"] > cap:
-        # train.memory_cap_gib: the allocator frees its cache rather than pass the cap, so the
+        # engine.memory_cap_gib: the allocator frees its cache rather than pass the cap, so the
         # overhead (slack) gives way; tensors do not: past the cap they are an OOM
         tensors = out["total"] - max(out["overhead"], 0.0)
         out["uncapped_total"] = out["total"]
@@ -91,7 +91,7 @@ def setting_from_record(rec: dict[str, Any]) -> Setting:
     """Setting of a trial record: its config, and whether it trained through a chunked LM head
     (``levers.chunked_loss``, recorded since the harness detects TRL's fused LM head)."""
     chunked = bool((rec.get("levers") or {}).get("chunked_loss", False))
-    config = {**(rec.get("config") or {}), "train": effective_train(rec)}
+    config = {**migrate_record(rec)["config"], "engine": effective_engine(rec)}
     return setting_from_config(config, chunked_loss=chunked)
 
 
@@ -102,6 +102,7 @@ def setting_from_config(cfg: dict[str, Any], *, chunked_loss: bool = False) -> S
     """
     q, lo = cfg.get("quant", {}), cfg.get("lora", {})
     o, d, t = cfg.get("optim", {}), cfg.get("data", {}), cfg.get("train", {})
+    e = cfg.get("engine", {})
     targets = lo.get("targets", "all-linear")
     base = Setting()
     return replace(
@@ -115,31 +116,31 @@ def setting_from_config(cfg: dict[str, Any], *, chunked_loss: bool = False) -> S
         dropout=float(lo.get("dropout", base.dropout)),
         batch_size=int(t.get("batch_size", base.batch_size)),
         seq_len=int(d.get("max_seq_len", base.seq_len)),
-        checkpointing=t.get("checkpointing", base.checkpointing),
+        checkpointing=e.get("checkpointing", base.checkpointing),
         optimizer=o.get("name", base.optimizer),
-        kernels=t.get("kernels", base.kernels),
+        kernels=e.get("kernels", base.kernels),
         # harness/models.py runs prepare_model_for_kbit_training on every 4-bit model;
-        # train.frozen_dtype=bf16 casts its fp32 copies back.
+        # engine.frozen_dtype=bf16 casts its fp32 copies back.
         upcast_frozen=q.get("type", base.quant) in ("nf4", "fp4")
-        and t.get("frozen_dtype", "fp32") == "fp32",
-        residual_fp32=t.get("residual_dtype", "auto") == "fp32",
-        projections_fp32=t.get("projection_dtype", "auto") == "fp32",
-        lora_kernel=t.get("lora_kernel", base.lora_kernel),
-        checkpoint_fraction=_fraction(t.get("checkpoint_fraction", base.checkpoint_fraction)),
-        slim_activations=bool(t.get("slim_activations", base.slim_activations)),
-        kept_layers=str(t.get("kept_layers", base.kept_layers)),
-        host_layers=int(t.get("host_layers", base.host_layers) or 0),
-        embeddings_on_cpu=bool(t.get("embeddings_on_cpu", base.embeddings_on_cpu)),
-        head_on_cpu=bool(t.get("head_on_cpu", base.head_on_cpu)),
+        and e.get("frozen_dtype", "fp32") == "fp32",
+        residual_fp32=e.get("residual_dtype", "auto") == "fp32",
+        projections_fp32=e.get("projection_dtype", "auto") == "fp32",
+        lora_kernel=e.get("lora_kernel", base.lora_kernel),
+        checkpoint_fraction=_fraction(e.get("checkpoint_fraction", base.checkpoint_fraction)),
+        slim_activations=bool(e.get("slim_activations", base.slim_activations)),
+        kept_layers=str(e.get("kept_layers", base.kept_layers)),
+        host_layers=int(e.get("host_layers", base.host_layers) or 0),
+        embeddings_on_cpu=bool(e.get("embeddings_on_cpu", base.embeddings_on_cpu)),
+        head_on_cpu=bool(e.get("head_on_cpu", base.head_on_cpu)),
         chunked_loss=chunked_loss,
-        memory_cap_gib=_fraction(t.get("memory_cap_gib")),
-        causal_padding=bool(t.get("causal_padding", False)),
+        memory_cap_gib=_fraction(e.get("memory_cap_gib")),
+        causal_padding=bool(e.get("causal_padding", False)),
     )
 
 
 def measured_points(records: list[dict[str, Any]]) -> list[Point]:
     """(shape, setting, measured peak reserved GiB, label) of successful CUDA records; not those
-    run under train.memory_cap_gib, whose peak is the cap's doing, not the setting's."""
+    run under engine.memory_cap_gib, whose peak is the cap's doing, not the setting's."""
     points = []
     for rec in records:
         peak = rec.get("peak_vram_reserved_gib")

@@ -9,15 +9,17 @@ from harness.memory.fit import Calibration
 from harness.memory.model import predict_peak_gib, prior_calibration
 from harness.memory.terms import GIB, Setting, Shape, logits_bytes
 
-# Public configs of one representative model per size class (hidden, layers, intermediate, vocab,
-# heads, kv heads, tied embeddings).
+# One representative model per size class, its shape from the registry (harness/assets/shapes.py).
+SIZE_CLASSES = {
+    "llama3.2-1b": "1B",
+    "llama3.2-3b": "3B",
+    "llama3-8b": "7-8B",
+    "llama2-13b": "13B",
+    "llama1-33b": "33B",
+    "llama3-70b": "70B",
+}
 PRESETS: dict[str, tuple[str, Shape]] = {
-    "llama3.2-1b": ("1B", Shape(2048, 16, 8192, 128256, 32, 8, tie_embeddings=True)),
-    "llama3.2-3b": ("3B", Shape(3072, 28, 8192, 128256, 24, 8, tie_embeddings=True)),
-    "llama3-8b": ("7-8B", Shape(4096, 32, 14336, 128256, 32, 8)),
-    "llama2-13b": ("13B", Shape(5120, 40, 13824, 32000, 40, 40)),
-    "llama1-33b": ("33B", Shape(6656, 60, 17920, 32000, 52, 52)),
-    "llama3-70b": ("70B", Shape(8192, 80, 28672, 128256, 64, 8)),
+    name: (size, Shape.named(name)) for name, size in SIZE_CLASSES.items()
 }
 BUDGETS_GB = (8, 12, 16, 24, 40, 48, 80)
 # One recipe per method at seq 2048, batch 1, full checkpointing: the smallest sane footprint.

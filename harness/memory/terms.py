@@ -28,7 +28,8 @@ backward. Measured on an H100, Llama-3-8B nf4 r16 batch 1: 13.26 GiB reserved wi
 
 from dataclasses import dataclass
 
-from harness.config.schema import recompute_fraction
+from harness.assets.shapes import SHAPES
+from harness.config.engine import recompute_fraction
 
 GIB = 1024**3
 OPTIMIZER_BYTES = {
@@ -91,6 +92,15 @@ class Shape:
         """All parameters (without norms)."""
         return self.linear_params + self.embedding_params
 
+    @classmethod
+    def named(cls, name: str) -> "Shape":
+        """A shape of the registry (harness/assets/shapes.py), e.g. ``Shape.named("llama3-8b")``."""
+        c = SHAPES[name]
+        return cls(
+            c["hidden_size"], c["num_hidden_layers"], c["intermediate_size"], c["vocab_size"],
+            c["num_attention_heads"], c["num_key_value_heads"], bool(c["tie_word_embeddings"]),
+        )  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -110,8 +120,8 @@ class Setting:
     optimizer: str = "paged_adamw_8bit"
     kernels: str = "none"  # none | liger
     upcast_frozen: bool = False  # prepare_model_for_kbit_training: non-4-bit params to fp32
-    residual_fp32: bool = False  # train.residual_dtype=fp32: fp32 stream, bf16 norm outputs
-    projections_fp32: bool = False  # train.projection_dtype=fp32: q, k, v, gate, up in fp32
+    residual_fp32: bool = False  # engine.residual_dtype=fp32: fp32 stream, bf16 norm outputs
+    projections_fp32: bool = False  # engine.projection_dtype=fp32: q, k, v, gate, up in fp32
     lora_kernel: str = "peft"  # peft | fused: one op per adapted Linear, input saved once, no mask
     checkpoint_fraction: float | None = None  # selective (null: 0.5) / offload (null: 1.0)
     kept_layers: str = "spread"  # spread | top: where the layers not recomputed sit
@@ -120,8 +130,8 @@ class Setting:
     embeddings_on_cpu: bool = False  # the (untied) input embedding table in host memory
     head_on_cpu: bool = False  # the (untied) LM head in host memory, on the GPU forward to loss
     chunked_loss: bool = False  # the loss through a chunked LM head (TRL's trainer): no logits
-    memory_cap_gib: float | None = None  # train.memory_cap_gib: reserved never passes it (or OOM)
-    causal_padding: bool = False  # train.causal_padding: padded batches without the padding mask
+    memory_cap_gib: float | None = None  # engine.memory_cap_gib: reserved never passes it (or OOM)
+    causal_padding: bool = False  # engine.causal_padding: padded batches without the padding mask
 
     def target_modules(self) -> tuple[str, ...]:
         """Adapted module names, from a preset name or an explicit list."""
@@ -199,7 +209,7 @@ def activation_bytes(shape: Shape, s: Setting) -> float:
     h, i = shape.hidden_size, shape.intermediate_size
     kv = h // shape.num_heads * shape.num_kv_heads
     # Norm inputs/outputs and the residual stream: fp32 once frozen params are upcast; with
-    # train.residual_dtype=fp32 the stream (norm inputs) is fp32 and the norm outputs bf16.
+    # engine.residual_dtype=fp32 the stream (norm inputs) is fp32 and the norm outputs bf16.
     upcast = s.upcast_frozen and not s.full_finetune
     res = 4.0 if upcast or (s.residual_fp32 and not s.full_finetune) else 2.0
     norm_out = 4.0 if upcast else 2.0
@@ -235,10 +245,10 @@ def activation_bytes(shape: Shape, s: Setting) -> float:
     tokens = s.batch_size * s.seq_len
     # The anchors' right-padded batches ran attention with the padding mask, which held about one
     # dense [batch, heads, seq, seq] bf16 tensor at the loss of settings that keep layers
-    # (llama3-8b b4: 1 GiB; H200, with train.causal_padding: -0.89 to -1.29 GiB reserved on three
-    # selective settings, none on full offload: BENCHMARKS.md, fourteenth round).
+    # (llama3-8b b4: 1 GiB; H200, with engine.causal_padding: -0.89 to -1.29 GiB reserved on three
+    # selective settings, none on full offload: BENCHMARKS.md).
     mask = 2.0 * s.batch_size * shape.num_heads * s.seq_len**2 if s.causal_padding else 0.0
-    # host layers (train.host_layers): their saved tensors in host memory; one is on the GPU at a
+    # host layers (engine.host_layers): their saved tensors in host memory; one is on the GPU at a
     # time beyond the recompute's working set, fetched ahead of its backward. Their parking copies
     # (~22 ms a llama3-8b b4 layer at ~50 GB/s) outlast the next layers' forward; the blocks they
     # read are not handed out again until they have run, so the allocator reserves new ones. H200,
@@ -253,7 +263,7 @@ def activation_bytes(shape: Shape, s: Setting) -> float:
         # (static_bytes leaves it out). In backward, recomputing the top recomputed layer: one
         # layer's working set and the kept layers below it, which are all but the top one where
         # they are spread (its index is the last), none where they are the last (kept_layers=top).
-        # H200 llama3-8b b4: 6 kept, spread or top, 13.86 GiB allocated both (sixteenth round).
+        # H200 llama3-8b b4: 6 kept, spread or top, 13.86 GiB allocated both.
         head = 2.0 * shape.vocab_size * h if s.head_on_cpu and not shape.tie_embeddings else 0.0
         below = 0 if s.kept_layers == "top" else n - k - 1
         keep = max((n - k) * slim * tokens + head - mask, (below * slim + layer) * tokens + host)

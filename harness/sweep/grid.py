@@ -1,5 +1,5 @@
 """What every sweep shares, Hydra `-m` grid or Optuna study: one summary row per trial, the
-failure-rate limit, the base-model pool of a sweep process, and the (optional) report step.
+failure-rate limit and the (optional) report step.
 
     python -m harness -m lora.r=4,16,64     # -> outputs/sweeps/<time>/summary.csv (+ report/)
 """
@@ -7,54 +7,18 @@ failure-rate limit, the base-model pool of a sweep process, and the (optional) r
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from harness.analysis.frame import SUMMARY_COLUMNS, override_items, summary_row
+
 log = logging.getLogger(__name__)
 
-# Summary columns after the swept keys: (column, dotted path into the record). Units in the names.
-METRICS: tuple[tuple[str, str], ...] = (
-    ("status", "status"),
-    ("score", "score"),
-    ("loss_eval", "loss.eval"),
-    ("loss_final_train", "loss.final_train"),
-    ("loss_tokens_per_s", "throughput.loss_tokens_per_s"),
-    ("step_time_median_s", "throughput.step_time_median_s"),
-    ("peak_vram_reserved_gib", "peak_vram_reserved_gib"),
-    ("peak_vram_allocated_gib", "peak_vram_allocated_gib"),
-    ("peak_rss_gib", "peak_rss_gib"),
-    ("params_trainable", "params.trainable"),
-    ("time_load_s", "timings_s.load"),
-    ("time_total_s", "timings_s.total"),
-    ("error", "error"),
-)
 FAILED = ("failed", "oom")  # statuses the failure-rate limit counts; pruned is a healthy result
-
-_POOL = None
-
-
-def get_path(rec: dict, path: str) -> Any:
-    """``get_path(rec, "loss.eval")`` -> rec["loss"]["eval"], or None where any part is missing."""
-    node: Any = rec
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def override_items(overrides: Iterable[str]) -> dict[str, str]:
-    """``["lora.r=16", "+x=1", "quant=fp4"]`` -> {"lora.r": "16", "x": "1", "quant": "fp4"}."""
-    items = {}
-    for ov in overrides:
-        key, sep, val = ov.partition("=")
-        if sep and key != "out_dir":
-            items[key.lstrip("+~")] = val
-    return items
 
 
 def swept_keys(records: Sequence[dict]) -> list[str]:
@@ -73,35 +37,18 @@ def _missing_somewhere(records: Sequence[dict], key: str) -> bool:
     return any(key not in override_items(r.get("overrides") or []) for r in records)
 
 
-def summary_frame(
-    records: Sequence[dict], keys: Sequence[str] | None = None, *, extra: dict | None = None
-) -> pd.DataFrame:
-    """One row per record: the swept config keys, then METRICS, then the record dir.
+def summary_frame(records: Sequence[dict], keys: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per record: the swept config keys, then `SUMMARY_COLUMNS`, then the record dir.
 
     Args:
         records: trial records, each with a ``_dir`` entry (where its record.json lives).
         keys: config columns; by default the override keys that vary (`swept_keys`).
-        extra: {column: [value per record]} appended before the record dir (e.g. Optuna numbers).
     """
     keys = list(keys) if keys is not None else swept_keys(records)
-    rows = []
-    for rec in records:
-        items = override_items(rec.get("overrides") or [])
-        row = {k: items.get(k, _config_value(rec, k)) for k in keys}
-        row.update({col: get_path(rec, path) for col, path in METRICS})
-        rows.append(row)
-    frame = pd.DataFrame(rows, columns=[*keys, *(c for c, _ in METRICS)])
-    for col, vals in (extra or {}).items():
-        frame[col] = list(vals)
+    rows = [summary_row(rec, keys) for rec in records]
+    frame = pd.DataFrame(rows, columns=[*keys, *SUMMARY_COLUMNS])
     frame["record_dir"] = [str(r.get("_dir", "")) for r in records]
     return frame
-
-
-def _config_value(rec: dict, key: str) -> Any:
-    """The resolved value of a key that was not overridden (a group choice or a config field)."""
-    if "." not in key:
-        return (rec.get("choices") or {}).get(key)
-    return get_path(rec.get("config") or {}, key)
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> Path:
@@ -152,17 +99,6 @@ class FailureLimit:
         if len(statuses) >= self.min_trials and n_failed > self.rate * len(statuses):
             return f"{n_failed} of {len(statuses)} trials failed (limit: {self.rate:.0%})"
         return None
-
-
-def process_pool():
-    """The sweep process's `BasePool`: trials in one process with the same base model and quant
-    settings swap adapters instead of reloading and re-quantizing the base."""
-    global _POOL
-    if _POOL is None:
-        from harness.trial.model import BasePool
-
-        _POOL = BasePool()
-    return _POOL
 
 
 def run_report(source: Any, out_dir: Path, *, title: str) -> dict[str, Path] | None:

@@ -20,36 +20,19 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-from harness.cli import CONF_DIR  # also registers the typed schema with Hydra
-from harness.config.schema import TrialConfig, to_trial_config
+from harness.analysis.frame import get_path
+from harness.analysis.optuna_records import ATTRS
+from harness.cli import CONF_DIR
+from harness.config.schema import TrialConfig, register_configs, to_trial_config
 from harness.errors import ConfigError
-from harness.sweep.grid import get_path
 from harness.sweep.spec import StudySpec, hydra_value, load_spec, make_pruner
 from harness.trial.record import read_record
-
-# Flat user attrs (the names harness.report reads back from a study), dotted record paths.
-ATTRS = {
-    "score": "score",
-    "loss_eval": "loss.eval",
-    "loss_final_train": "loss.final_train",
-    "train_tokens_per_s": "throughput.loss_tokens_per_s",
-    "step_time_median_s": "throughput.step_time_median_s",
-    "peak_vram_reserved_gib": "peak_vram_reserved_gib",
-    "peak_vram_allocated_gib": "peak_vram_allocated_gib",
-    "peak_rss_gib": "peak_rss_gib",
-    "params_trainable": "params.trainable",
-    "time_load_s": "timings_s.load",
-    "time_total_s": "timings_s.total",
-    "oom_phase": "oom.phase",
-    "oom_peak_reserved_gib": "oom.peak_reserved_gib",
-    "oom_peak_rss_gib": "oom.peak_rss_gib",
-    "config_hash": "config_hash",
-}
 
 
 def compose_trial(overrides: list[str]) -> tuple[TrialConfig, dict]:
     """(validated TrialConfig, group choices) for these overrides, exactly as the CLI sees them.
     Raises ConfigError (or OmegaConf's errors for unknown keys) before any model is loaded."""
+    register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         dcfg: DictConfig = compose("config", overrides=overrides, return_hydra_config=True)
     choices = {k: v for k, v in dcfg.hydra.runtime.choices.items() if not k.startswith("hydra")}

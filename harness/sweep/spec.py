@@ -15,12 +15,13 @@ import numpy as np
 import optuna
 from omegaconf import OmegaConf
 
+from harness.analysis.frame import get_path
+from harness.analysis.pareto import DIRECTIONS
 from harness.errors import ConfigError
-from harness.sweep.grid import FailureLimit, get_path
+from harness.sweep.grid import FailureLimit
 
 SAMPLERS = ("tpe", "random", "grid", "nsga2")
 PRUNERS = ("none", "median", "percentile", "hyperband")
-DIRECTIONS = ("minimize", "maximize")
 PARAM_TYPES = ("categorical", "int", "float")
 # Optuna 5 samplers read each trial's constraints (Trial.set_constraint): TPE and NSGA-II rank
 # infeasible trials last; random and grid ignore them. best/Pareto here always exclude them.

@@ -26,9 +26,16 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 from optuna.trial import TrialState
 
+from harness.analysis.optuna_records import trial_status
 from harness.errors import ConfigError
-from harness.sweep.grid import process_pool
-from harness.sweep.run import check_study, record_attrs, run_in_process, run_isolated
+from harness.sweep.pool import process_pool
+from harness.sweep.run import (
+    check_study,
+    compose_trial,
+    record_attrs,
+    run_in_process,
+    run_isolated,
+)
 from harness.sweep.spec import (
     StudySpec,
     load_spec,
@@ -52,7 +59,6 @@ log = logging.getLogger("harness.study")
 # stable in use; the driver beats itself (Heartbeat), which is what the ask/tell warning is about.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with")
-STATUS_OF = {TrialState.COMPLETE: "success", TrialState.PRUNED: "pruned"}
 
 
 class Driver:
@@ -152,7 +158,7 @@ class Driver:
 
     def _run(self, trial: optuna.Trial, overrides: list[str], out_dir: Path) -> None:
         with Heartbeat(self.storage, trial._trial_id):
-            if self.isolate:
+            if self.isolate or _own_process(overrides):
                 rec = run_isolated(
                     spec_path=self.spec_path,
                     study=self.spec.name,
@@ -179,7 +185,7 @@ class Driver:
         if status == "success" and values is None:
             metrics = [o.metric for o in self.spec.objectives]
             trial.set_user_attr("error", f"an objective is missing or not finite: {metrics}")
-        state = {"pruned": TrialState.PRUNED}.get(status, TrialState.FAIL)
+        state = TrialState.PRUNED if status == "pruned" else TrialState.FAIL
         try:
             if status == "success" and values is not None:
                 self.study.tell(trial, values)
@@ -201,11 +207,7 @@ class Driver:
     def _statuses(self) -> list[str]:
         """Statuses of the results this run has seen finish (any worker), in trial order."""
         res = progress(self.study).results
-        return [
-            t.user_attrs.get("status") or STATUS_OF.get(t.state, "failed")
-            for t in res
-            if t.number >= self.first_number
-        ]
+        return [trial_status(t) for t in res if t.number >= self.first_number]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,3 +257,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+def _own_process(overrides: list[str]) -> bool:
+    """A trial whose engine patches a library differently from what this process has installed
+    runs in its own process (nothing is undone); a refused config runs here, to be recorded."""
+    from harness.sweep.pool import needs_own_process
+
+    try:
+        cfg, _ = compose_trial(overrides)
+    except Exception:  # noqa: BLE001 - run_in_process records the refusal
+        return False
+    return needs_own_process(cfg.engine)

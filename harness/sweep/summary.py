@@ -13,37 +13,18 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from harness.analysis.optuna_records import trial_record
+from harness.analysis.pareto import pareto_mask
 from harness.sweep.grid import format_table, run_report, summary_frame, write_csv
 from harness.sweep.spec import StudySpec
 from harness.sweep.storage import is_result
-from harness.trial.record import read_record
-
-
-def study_records(trials: list[FrozenTrial]) -> list[dict]:
-    """The record of each trial (its `record_dir` attr); a row rebuilt from Optuna's view when the
-    record is gone (a worker that died for good, a host whose disk is not shared)."""
-    out = []
-    for t in trials:
-        rec_dir = t.user_attrs.get("record_dir")
-        path = Path(rec_dir) / "record.json" if rec_dir else None
-        if path is not None and path.is_file():
-            rec = read_record(path)
-        else:
-            attrs = t.user_attrs
-            rec = {
-                "status": attrs.get("status"),
-                "error": attrs.get("error"),
-                "overrides": [f"{k}={v}" for k, v in t.params.items()],
-            }
-        out.append({**rec, "_dir": rec_dir or "", "_path": str(path) if path else ""})
-    return out
 
 
 def summary(study: optuna.Study, spec: StudySpec) -> pd.DataFrame:
     """One row per result: trial number, Optuna state, the searched params, the record metrics,
     the objective values, feasibility and whether the trial is best / on the Pareto set."""
     trials = _results(study)
-    frame = summary_frame(study_records(trials), list(spec.space))
+    frame = summary_frame([trial_record(t) for t in trials], list(spec.space))
     for key in spec.space:  # typed values from Optuna rather than override text
         frame[key] = [t.params.get(key) for t in trials]
     frame.insert(0, "state", [t.state.name for t in trials])
@@ -51,30 +32,15 @@ def summary(study: optuna.Study, spec: StudySpec) -> pd.DataFrame:
     for i in range(len(spec.objectives)):
         frame[f"objective_{i}"] = [t.values[i] if t.values else np.nan for t in trials]
     frame["feasible"] = [feasible(t) for t in trials]
-    frame["pareto"] = pareto_mask(frame, spec)
+    # Non-dominated among COMPLETE, feasible trials; with one objective: the best one(s).
+    objectives = {f"objective_{i}": d for i, d in enumerate(spec.directions)}
+    complete = frame["state"] == TrialState.COMPLETE.name
+    frame["pareto"] = pareto_mask(frame, objectives, among=complete & frame["feasible"])
     return frame
 
 
 def feasible(trial: FrozenTrial) -> bool:
     return all(c <= 0 for c in trial.constraints.values())
-
-
-def pareto_mask(frame: pd.DataFrame, spec: StudySpec) -> list[bool]:
-    """Non-dominated among COMPLETE, feasible trials; with one objective: the best one(s)."""
-    cols = [f"objective_{i}" for i in range(len(spec.objectives))]
-    ok = ((frame["state"] == TrialState.COMPLETE.name) & frame["feasible"]).to_numpy()
-    # Flip maximized objectives: every column is then "lower is better".
-    sign = np.array([-1.0 if d == "maximize" else 1.0 for d in spec.directions])
-    vals = frame[cols].to_numpy(dtype=float) * sign if len(frame) else np.zeros((0, len(cols)))
-    mask = []
-    for i in range(len(frame)):
-        if not ok[i]:
-            mask.append(False)
-            continue
-        others = vals[ok]
-        beaten = np.any(np.all(others <= vals[i], axis=1) & np.any(others < vals[i], axis=1))
-        mask.append(not beaten)
-    return mask
 
 
 def summarize(study: optuna.Study, spec: StudySpec, study_dir: Path, *, report: bool) -> Path:
@@ -93,7 +59,7 @@ def summarize(study: optuna.Study, spec: StudySpec, study_dir: Path, *, report: 
         print(f"{label} ({objectives}):")
         print(format_table(front))
     if report:
-        records = [r for r in study_records(_results(study)) if "schema_version" in r]
+        records = [r for r in map(trial_record, _results(study)) if "schema_version" in r]
         if records:
             run_report(records, study_dir / "report", title=f"study {spec.name}")
     return csv

@@ -11,7 +11,7 @@ needed is nearer 4N): MFU here compares with other reports, not with the chip's 
 term is causal: each token attends to (S+1)/2 positions on average, 4 * d_attn FLOPs each
 (QK^T and AV) forward, 3x that forward + backward. f is the share of decoder layers recomputed;
 N_trimmed the down_proj weights those recomputes skip (hidden * ffn per trimmed layer:
-train.trim_recompute, harness/trim.py).
+engine.trim_recompute, harness/trim.py).
 
     executed FLOPs / token = 4 * (N_layers + N_head) + 6 * N_lora + 3 * attention + recompute
 
@@ -21,8 +21,8 @@ weight gradients): `executed_util` is that against the matmul ceiling, the hones
 
 import torch
 
-# bf16 8192^3 matmul, measured on the lent H100 (issue #5: 788 TFLOP/s); the lent H200 has the
-# same matrix units (KINDS.md: 769-798 TFLOP/s measured there).
+# a bf16 8192^3 matmul measured 788 TFLOP/s on an H100 SXM; an H200 has the same matrix units
+# (769-798 TFLOP/s measured).
 PEAK_FLOPS = 788e12
 
 

@@ -102,11 +102,11 @@ class GcPauses:
 
 @contextlib.contextmanager
 def frozen_heap(on: bool):
-    """train.gc_freeze: collect once, then move every live object to the collector's permanent
+    """engine.gc_freeze: collect once, then move every live object to the collector's permanent
     generation for the block (gc.freeze), and back after it (gc.unfreeze). Python's full
     collections in training then skip the model's modules, the data and the libraries' objects,
     which no step frees. The fast preset's full collections held 0.42-0.50 s of its timed steps
-    on the H200 (BENCHMARKS.md, fifteenth round). Training itself is untouched."""
+    on the H200 (BENCHMARKS.md). Training itself is untouched."""
     if not on:
         yield
         return

@@ -1,9 +1,7 @@
 """Base model: find its weights, check adapter targets, load + quantize, attach the adapter."""
 
-import gc
 import hashlib
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -163,9 +161,16 @@ def _keep_cpu_4bit_layout(model) -> None:
 
 
 def attach_adapter(
-    model, lcfg: LoraConfig, qcfg: QuantConfig, *, targets: Any, checkpointing: bool
-):
-    """prepare_model_for_kbit_training (4-bit only) then a peft LoRA/rsLoRA/DoRA adapter."""
+    model, lcfg: LoraConfig, qcfg: QuantConfig, *, targets: Any, checkpointing: bool, seed: int,
+    custom_modules: dict | None = None,
+):  # fmt: skip
+    """prepare_model_for_kbit_training (4-bit only) then a peft LoRA/rsLoRA/DoRA adapter.
+
+    `custom_modules` maps base layer types to the LoRA layer classes peft builds for them (the
+    engine's own fused layer); `seed` fixes the adapter's random init (LoRA A), the same in a
+    sweep's fifth trial as in a fresh process, so trials that differ in one setting start alike.
+    """
+    import transformers
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model, prepare_model_for_kbit_training
 
@@ -189,6 +194,9 @@ def attach_adapter(
         bias=lcfg.bias,
         task_type="CAUSAL_LM",
     )
+    if custom_modules:
+        peft_cfg._register_custom_module(custom_modules)
+    transformers.set_seed(seed)
     model = get_peft_model(model, peft_cfg, autocast_adapter_dtype=lcfg.dtype == "fp32")
     if lcfg.dtype != "fp32":
         for param in model.parameters():
@@ -256,74 +264,6 @@ def detach_adapter(peft_model):
     for param in base.parameters():
         param.requires_grad_(False)
     return base
-
-
-class BasePool:
-    """Keeps one quantized base per (model, quant, device, allocator layout) in a sweep process,
-    so trials that share them swap adapters instead of reloading and re-quantizing. The layout
-    (train.expandable_segments on CUDA) is part of the key: a base loaded into ordinary segments
-    keeps them reserved where they are partly in use, and a trial's memory must not depend on
-    which trial loaded the base (H200: lean reserved 1.5 GiB above allocated at train start
-    after a plain trial had loaded it, 0.09 GiB in a process that loaded it expandable)."""
-
-    def __init__(self) -> None:
-        self.entries: dict[str, Any] = {}
-        self.hits = 0
-        self.memo: dict[Any, Any] = {}  # other per-sweep work trials share (prepared datasets)
-
-    def cached(self, key: Any, make):
-        """make() once per key in this process (the last 4 keys are kept)."""
-        if key not in self.memo:
-            if len(self.memo) >= 4:
-                self.memo.pop(next(iter(self.memo)))
-            self.memo[key] = make()
-        return self.memo[key]
-
-    @staticmethod
-    def key(mcfg: ModelConfig, qcfg: QuantConfig, device: str, expandable: bool = False) -> str:
-        layout = "expandable" if expandable and device.startswith("cuda") else "default"
-        return repr((sorted(vars(mcfg).items()), sorted(vars(qcfg).items()), device, layout))
-
-    def get(self, mcfg: ModelConfig, qcfg: QuantConfig, device: str, expandable: bool = False):
-        model = self.entries.pop(self.key(mcfg, qcfg, device, expandable), None)
-        if model is None:
-            self.entries.clear()  # a different base: free the old one first
-        else:
-            self.hits += 1
-        release_cached_memory()  # every trial starts from an unfragmented cache
-        return model
-
-    def put(
-        self, mcfg: ModelConfig, qcfg: QuantConfig, device: str, model, expandable: bool = False
-    ) -> None:
-        self.entries = {self.key(mcfg, qcfg, device, expandable): model}
-
-
-def release_cached_memory(*, collect: bool = True) -> None:
-    """Hand the CUDA caching allocator's free blocks back to the driver; with `collect`, first
-    free what only reference cycles still hold (a finished trial's trainer and optimizer). A full
-    collection walks every Python object (its cost grows with the model's), so only where a trial
-    leaves cycles behind (its start); setup's casts and moves free their tensors at once."""
-    if torch.cuda.is_available():
-        if collect:
-            gc.collect()
-        torch.cuda.empty_cache()
-
-
-def forget_optimizer_overrides() -> int:
-    """Drop the modules HF's Trainer registered with bitsandbytes' process-wide GlobalOptimManager
-    (every nn.Embedding, for 32-bit states under an 8-bit optimizer, read at the optimizer's
-    first step). The manager holds them for the life of the process: in a sweep, each trial that
-    loaded its own base left its embedding table on the GPU (H200, llama3-8b: the plain trial's
-    fp32 table, 1.96 GiB, at the peak of every later trial in the process; seventeenth round).
-    Returns how many were dropped."""
-    optim = sys.modules.get("bitsandbytes.optim")
-    if optim is None:
-        return 0
-    manager = optim.GlobalOptimManager.get_instance()
-    n = len(manager.module_weight_config_triple)
-    manager.module_weight_config_triple.clear()
-    return n
 
 
 def merge_to_16bit(weights: str, adapter_dir: Path, out_dir: Path, *, device: str) -> Path:

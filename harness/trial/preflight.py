@@ -1,9 +1,7 @@
 """Preflight: every check that is cheap runs here, before any model is loaded, so bad input costs
-seconds, not an hour of training. Also the glue from the trial to lm-eval."""
+seconds, not an hour of training."""
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +10,10 @@ import torch
 from harness.config.schema import QuantConfig, TrialConfig
 from harness.engine import build as levers
 from harness.errors import ConfigError
-from harness.paths import cache_dir, shared_data_dir
+from harness.paths import shared_data_dir
 from harness.trial import data as data_mod
 from harness.trial import model as models
-from harness.trial.train import choose_optimizer
+from harness.trial.train import choose_optimizer, load_callback
 
 
 @dataclass
@@ -51,10 +49,8 @@ def check_quant(qcfg: QuantConfig, device: str) -> None:
         return
     import bitsandbytes.functional as F
 
-    # bitsandbytes caches its double-quant code map on the device of its first use
-    # (functional.name2qmap) and reuses it everywhere: a probe must leave no such cache behind
-    # (a probe on the meta device made every later in-process double-quant load fail).
-    cached = dict(F.name2qmap)
+    # The probe runs on the trial's own device: bitsandbytes caches its double-quant code map
+    # (functional.name2qmap) on the device of its first use, which is the one the trial loads on.
     try:
         from bitsandbytes import matmul_4bit
 
@@ -70,9 +66,6 @@ def check_quant(qcfg: QuantConfig, device: str) -> None:
             f"bitsandbytes cannot run {qcfg.type} (double_quant={qcfg.double_quant}, "
             f"{qcfg.compute_dtype}) on {device}: {type(e).__name__}: {e}; allowed: none",
         ) from None  # fmt: skip
-    finally:
-        F.name2qmap.clear()
-        F.name2qmap.update(cached)
 
 
 def preflight(cfg: TrialConfig) -> Plan:
@@ -81,7 +74,9 @@ def preflight(cfg: TrialConfig) -> Plan:
     hf_config = models.model_hf_config(cfg.model)
     targets = models.resolve_targets(cfg.lora, models.linear_module_names(hf_config))
     check_quant(cfg.quant, device)
-    levers.check(cfg.train, device, num_layers=getattr(hf_config, "num_hidden_layers", None))
+    levers.check(cfg.engine, device, num_layers=getattr(hf_config, "num_hidden_layers", None))
+    for path in cfg.train.callbacks:
+        load_callback(path)
     optimizer = choose_optimizer(cfg.optim, device)
     train_examples, heldout_examples = data_mod.load_examples(cfg.data)
     data_dir = Path(cfg.eval.data_dir) if cfg.eval.data_dir else shared_data_dir()
@@ -90,45 +85,3 @@ def preflight(cfg: TrialConfig) -> Plan:
 
         check_tasks(cfg.eval.tasks, data_dir=data_dir, embedded_dir=None)
     return Plan(device, targets, optimizer, hf_config, train_examples, heldout_examples, data_dir)
-
-
-def run_lm_eval(cfg: TrialConfig, plan: Plan, model, tokenizer, *, out_dir: Path, weights: str):
-    """lm-eval after tuning (in-memory model, adapter on) and before (adapter off, cached per
-    base model + quant + tasks). Returns {task: {metric: {before, after, delta, ...}}}."""
-    from harness.evaluate.lmeval import base_scores_cached, evaluate_lm, merge_before_after
-
-    if not cfg.eval.tasks:
-        return {}
-    embedded_dir = out_dir / "embedded_task"
-    embedded_dir.mkdir(parents=True, exist_ok=True)
-    rows = data_mod.heldout_task_rows(plan.heldout_examples, tokenizer, cfg.data)
-    heldout = "".join(json.dumps(r) + "\n" for r in rows)
-    (embedded_dir / "heldout.jsonl").write_text(heldout)
-    batch = cfg.eval.batch_size if plan.device == "cuda" else (
-        8 if cfg.eval.batch_size == "auto" else int(cfg.eval.batch_size))  # fmt: skip
-    limit = cfg.eval.limit
-    limit = int(limit) if limit is not None and limit >= 1 else limit
-
-    def score(phase: str) -> dict:
-        return evaluate_lm(
-            model, tokenizer, cfg.eval.tasks, data_dir=plan.data_dir, embedded_dir=embedded_dir,
-            limit=limit, batch_size=batch, num_fewshot=cfg.eval.num_fewshot,
-            seed=cfg.train.seed, work_dir=out_dir / "lm_eval" / phase,
-        )  # fmt: skip
-
-    after = score("after")
-    before = {}
-    if cfg.eval.base_scores:
-        key = {
-            "weights": weights, "quant": asdict(cfg.quant), "tasks": cfg.eval.tasks,
-            "limit": limit, "num_fewshot": cfg.eval.num_fewshot, "device": plan.device,
-            "data_dir": str(plan.data_dir),
-            "heldout_sha1": hashlib.sha1(heldout.encode()).hexdigest(),
-        }  # fmt: skip
-
-        def base() -> dict:
-            with model.disable_adapter():
-                return score("before")
-
-        before = base_scores_cached(key, base, cache_file=cache_dir() / "base_scores.json")
-    return merge_before_after(before, after)

@@ -9,12 +9,13 @@ Schema (``schema_version`` 1). Every measurement carries its unit in its name.
     error               null | one-line message;  traceback (if any) in ``error.txt`` beside
     started_at, finished_at   ISO-8601 UTC;  started_unix_s: the start in seconds (float)
     pool                {base_reused, data_reused}: what the sweep's pool handed this trial
-    levers              what each speed/memory lever applied (harness/levers.py), e.g.
+    levers              what each engine lever put in place (harness/engine/build.py), e.g.
                         checkpointed_layers / num_layers, slim_layers, lora_fused,
                         memory_cap_gib, causal_padding_batches (train and held-out batches
                         that ran without their padding mask)
     config              the resolved, validated config {model, quant, lora, optim, data, train,
-                        eval}
+                        eval, engine}; records whose engine levers sit under ``train`` are read
+                        through harness/config/migrate.py
     overrides           the Hydra overrides of this job, e.g. ["lora.r=16", "quant=fp4"]
     choices             the Hydra group choices, e.g. {"model": "smollm2-135m", "quant": "nf4"}
     model               {name, source, random_weights, architecture, hidden_size, num_layers,
@@ -35,8 +36,8 @@ Schema (``schema_version`` 1). Every measurement carries its unit in its name.
                          eval_curve: [{step, loss}]}
     lm_eval             {task: {metric: {before, after, delta, stderr_before, stderr_after,
                          higher_is_better}}}     (empty for random-weight models)
-    score               the headline quality number (primary lm-eval metric "after", else
-                        -eval loss), null when not measured
+    score               the headline quality number: the first task's first metric after
+                        tuning (sign-flipped where lower is better); null when not measured
     peak_rss_gib        highest process RSS over the phases (CPU trials)
     oom                 {phase, peak_allocated_gib, peak_reserved_gib}  (status "oom" only)
     timings_s           {load, train, eval, total}
@@ -46,15 +47,51 @@ Schema (``schema_version`` 1). Every measurement carries its unit in its name.
     generations         [{prompt, base, tuned}]  (optional)
 """
 
+import hashlib
 import json
 import os
 import tempfile
+import time
+import uuid
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from harness.trial.measure import device_info, environment
 
 SCHEMA_VERSION = 1
 RECORD_NAME = "record.json"
 STATUSES = ("success", "oom", "failed", "pruned")
+
+
+def config_hash(cfg) -> str:
+    """Same settings -> same hash."""
+    return hashlib.sha1(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()
+
+
+def new_record(cfg, overrides: list[str] | None, choices: dict | None, optimizer: dict,
+               device: str) -> dict[str, Any]:  # fmt: skip
+    """The record of a trial about to start: what it runs, where and with which versions."""
+    from harness.trial.outcome import now
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "trial_id": uuid.uuid4().hex,
+        "config_hash": config_hash(cfg),
+        "status": "failed",
+        "error": None,
+        "started_at": now(),
+        "started_unix_s": time.time(),  # with timings_s: where a sweep's wall time went
+        "config": asdict(cfg),
+        "overrides": list(overrides or []),
+        "choices": dict(choices or {}),
+        "optimizer": optimizer,
+        "device": device_info(device),
+        "lm_eval": {},
+        "score": None,
+        "artifacts": {"adapter_dir": None, "merged_dir": None},
+        "env": environment(),
+    }
 
 
 def write_record(record: dict[str, Any], out_dir: Path) -> Path:
@@ -99,22 +136,3 @@ def _jsonable(obj: Any) -> Any:
     if hasattr(obj, "item"):
         return obj.item()
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-BEFORE_THE_KEY = {"causal_padding": False, "kept_layers": "spread", "gc_freeze": False,
-                  "host_layers": 0, "trim_recompute": False}  # fmt: skip
-
-
-def effective_train(rec: dict) -> dict:
-    """The record's train config with `checkpoint_fraction` as the trial ran it: the share of
-    layers its levers took off the GPU (recomputed, or host layers). Records from before offload
-    took a fraction carry the old default 0.5 beside `checkpointing: offload`, which then
-    recomputed every layer. Levers added
-    after a record was written take the value that record's code ran with (a pinned config
-    reruns it as it ran, not as a newer preset would)."""
-    train = {**BEFORE_THE_KEY, **dict((rec.get("config") or {}).get("train") or {})}
-    lev = rec.get("levers") or {}
-    n, done = lev.get("num_layers"), lev.get("checkpointed_layers")
-    if train.get("checkpointing") in ("selective", "offload") and n and done is not None:
-        train["checkpoint_fraction"] = (done + (lev.get("host_layers") or 0)) / n
-    return train

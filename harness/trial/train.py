@@ -1,5 +1,5 @@
 """Training with TRL's SFTTrainer, instrumented: synchronized step times, loss-token counts, loss
-curve, held-out loss checkpoints (for pruning), non-finite loss detection, injected faults."""
+curve, held-out loss checkpoints (for pruning), non-finite loss detection."""
 
 import math
 import time
@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from harness.config.schema import OptimConfig, TrainConfig
+from harness.config.engine import EngineConfig
+from harness.config.schema import DataConfig, OptimConfig, TrainConfig
 from harness.errors import ConfigError
 from harness.trial.measure import GcPauses, sync
 
@@ -85,7 +86,7 @@ class CountingCollator:
     mask already keeps each real token from attending to later positions, so no real token sees
     the padding either way, and no loss or gradient reaches it: the same math. HF then skips the
     padding mask and attention runs its unmasked causal kernel (H200: a masked llama3-8b b4 step
-    took ~0.08 s longer, the first one ~0.3 s: BENCHMARKS.md, fourteenth round). The
+    took ~0.08 s longer, the first one ~0.3 s: BENCHMARKS.md). The
     check runs on the host, on the collated batch."""
 
     def __init__(self, inner: Callable, *, causal_padding: bool = False) -> None:
@@ -124,12 +125,10 @@ class MeasureCallback(TrainerCallback):
     """Per-step synchronized wall time and token counts; loss curve; pruning; faults."""
 
     def __init__(
-        self, collator: CountingCollator, device: str, *, inject_fault: str = "none",
+        self, collator: CountingCollator, device: str, *,
         on_eval: Callable[[int, float], bool] | None = None,
     ) -> None:  # fmt: skip
-        self.collator, self.device, self.inject_fault, self.on_eval = (
-            collator, device, inject_fault, on_eval,
-        )  # fmt: skip
+        self.collator, self.device, self.on_eval = collator, device, on_eval
         self.step_times_s: list[float] = []
         self.loss_tokens: list[int] = []
         self.padded_tokens: list[int] = []
@@ -137,18 +136,12 @@ class MeasureCallback(TrainerCallback):
         self.loss_curve: list[dict] = []
         self.eval_curve: list[dict] = []
         self.stop_reason: str | None = None
-        self.flat_optimizer_tensors = 0  # tensors folded by train.flat_optimizer
+        self.flat_optimizer_tensors = 0  # tensors folded by engine.flat_optimizer
         self.gc = GcPauses()  # installed by the trial around trainer.train()
         self.gc_pause_s: list[float] = []  # per step
         self._t0, self._gc0 = 0.0, 0.0
-        self._model = None
-
-    def on_train_begin(self, args, state, control, model=None, **kw):
-        self._model = model
 
     def on_step_begin(self, args, state, control, **kw):
-        if state.global_step == 1:
-            self._inject()
         sync(self.device)
         self._t0, self._gc0 = time.perf_counter(), self.gc.pause_s
 
@@ -179,20 +172,11 @@ class MeasureCallback(TrainerCallback):
             self.stop_reason = f"pruned at step {state.global_step} (held-out loss {loss:.4f})"
             control.should_training_stop = True
 
-    def _inject(self) -> None:
-        if self.inject_fault == "oom":
-            raise torch.OutOfMemoryError("CUDA out of memory. (injected by train.inject_fault=oom)")
-        if self.inject_fault == "nan":
-            with torch.no_grad():  # poison one adapter weight: the next loss is NaN
-                next(p for p in self._model.parameters() if p.requires_grad).fill_(float("nan"))
-
 
 def build_trainer(
-    model, tokenizer, train_rows, eval_rows, tcfg: TrainConfig, *, optim_used: str,
-    weight_decay: float, max_seq_len: int, packing: bool, device: str, bf16: bool, fp16: bool,
-    packing_strategy: str = "bfd",
-    out_dir: Path,
-    on_eval: Callable[[int, float], bool] | None = None,
+    model, tokenizer, train_rows, eval_rows, tcfg: TrainConfig, ecfg: EngineConfig,
+    dcfg: DataConfig, *, optim_used: str, weight_decay: float, device: str, precision: str,
+    out_dir: Path, on_eval: Callable[[int, float], bool] | None = None,
 ):  # fmt: skip
     """An SFTTrainer over pre-tokenized rows (input_ids + completion_mask) with the measuring
     callback attached. Returns (trainer, callback).
@@ -201,7 +185,7 @@ def build_trainer(
     same rows and data settings (`trainer.train_dataset` / `.eval_dataset`: truncated, packed,
     labelled by TRL): they are used as they are (a sweep's later trials skip that work)."""
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     args = SFTConfig(
         output_dir=str(out_dir),
@@ -224,57 +208,76 @@ def build_trainer(
         report_to=[],
         seed=tcfg.seed,
         data_seed=tcfg.seed,
-        bf16=bf16,
-        fp16=fp16,
+        bf16=precision == "bf16" and device != "cpu",
+        fp16=precision == "fp16" and device != "cpu",
         use_cpu=device == "cpu",
-        # Checkpointing was set up by prepare_model_for_kbit_training / attach_adapter.
+        # Checkpointing was set up when the adapter was attached and the engine built.
         gradient_checkpointing=False,
-        max_length=max_seq_len,
-        packing=packing,
-        packing_strategy=packing_strategy,
-        # train.checkpointing=offload is the harness's own (harness/offload.py), set on the layers
-        activation_offloading=False,
+        max_length=dcfg.max_seq_len,
+        packing=dcfg.packing,
+        packing_strategy=dcfg.packing_strategy,
+        activation_offloading=False,  # engine.checkpointing=offload is the engine's own
         completion_only_loss=True,
         dataloader_num_workers=0,
         disable_tqdm=True,
         dataset_kwargs={"skip_prepare_dataset": not isinstance(train_rows, list)},
     )
     as_dataset = lambda rows: Dataset.from_list(rows) if isinstance(rows, list) else rows  # noqa: E731
-    trainer = SFTTrainer(
+    trainer = _trainer_class(ecfg.flat_optimizer)(
         model=model,
         args=args,
         train_dataset=as_dataset(train_rows),
         eval_dataset=as_dataset(eval_rows),
         processing_class=tokenizer,
     )
-    collator = CountingCollator(trainer.data_collator, causal_padding=tcfg.causal_padding)
+    collator = CountingCollator(trainer.data_collator, causal_padding=ecfg.causal_padding)
     trainer.data_collator = collator
-    callback = MeasureCallback(collator, device, inject_fault=tcfg.inject_fault, on_eval=on_eval)
+    callback = MeasureCallback(collator, device, on_eval=on_eval)
+    trainer.meter = callback
     trainer.add_callback(callback)
-    if tcfg.flat_optimizer:
-        _flat_optimizer(trainer, callback)
+    for path in tcfg.callbacks:
+        trainer.add_callback(load_callback(path)())
     return trainer, callback
 
 
-def _flat_optimizer(trainer, callback: MeasureCallback) -> None:
-    """train.flat_optimizer: fold the optimizer HF builds into one update per param group, and
-    clip the gradient norm over the trainable tensors alone (HF walks every parameter of the
-    model for it, several times a step: the same norm, from the same gradients)."""
-    from harness.engine.flat_optim import flatten_optimizer
+def load_callback(path: str) -> type:
+    """The TrainerCallback class at `package.module.Class` (train.callbacks); else ConfigError."""
+    import importlib
 
-    create = trainer.create_optimizer
+    module, _, name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        why = f"module.Class of an importable class ({e})"
+        raise ConfigError("train.callbacks", path, why) from None
+    if not (isinstance(cls, type) and issubclass(cls, TrainerCallback)):
+        raise ConfigError("train.callbacks", path, "must name a transformers.TrainerCallback")
+    return cls
 
-    def create_optimizer(*args, **kwargs):
-        opt = create(*args, **kwargs)
-        callback.flat_optimizer_tensors = flatten_optimizer(opt)
-        return opt
 
-    trainable = [p for p in trainer.model.parameters() if p.requires_grad]
+def _trainer_class(flat_optimizer: bool) -> type:
+    """TRL's SFTTrainer, or with engine.flat_optimizer the harness's subclass of it: the optimizer
+    HF builds folded into one update per param group (flat_optim.py), and the gradient norm
+    clipped over the trainable tensors alone (HF walks every parameter of the model for it,
+    several times a step: the same norm, from the same gradients)."""
+    from trl import SFTTrainer
 
-    def clip_grad_norm(model):
-        trainer.accelerator.unscale_gradients()  # fp16's loss scaler, as accelerate does
-        return torch.nn.utils.clip_grad_norm_(trainable, trainer.args.max_grad_norm)
+    if not flat_optimizer:
+        return SFTTrainer
 
-    trainer.create_optimizer = create_optimizer
-    if not (trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled):  # they clip their own way
-        trainer._clip_grad_norm = clip_grad_norm
+    class FlatOptimizerTrainer(SFTTrainer):
+        def create_optimizer(self, *args, **kwargs):
+            from harness.engine.flat_optim import flatten_optimizer
+
+            opt = super().create_optimizer(*args, **kwargs)
+            self.meter.flat_optimizer_tensors = flatten_optimizer(opt)
+            return opt
+
+        def _clip_grad_norm(self, model):
+            if self.is_deepspeed_enabled or self.is_fsdp_enabled:  # they clip their own way
+                return super()._clip_grad_norm(model)
+            self.accelerator.unscale_gradients()  # fp16's loss scaler, as accelerate does
+            trainable = [p for p in self.model.parameters() if p.requires_grad]
+            return torch.nn.utils.clip_grad_norm_(trainable, self.args.max_grad_norm)
+
+    return FlatOptimizerTrainer

@@ -1,0 +1,100 @@
+"""What a trial's stages leave in its record: training's measurements, the headline score, the
+saved artifacts, and the closing fields every record carries whatever its status."""
+
+from contextlib import nullcontext
+from datetime import UTC, datetime
+
+import torch
+
+from harness.trial import data as data_mod
+from harness.trial import flops
+from harness.trial import model as models
+from harness.trial.measure import throughput
+
+
+def one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:500]
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def close_record(rec: dict, mem, clock) -> None:
+    """Memory per phase, the train phase's peaks, timings: written for every status."""
+    rec["memory"] = {"kind": mem.kind, "phases": mem.phases}
+    train_mem = mem.phases.get("train", {})
+    rec["peak_vram_reserved_gib"] = train_mem.get("peak_reserved_gib")
+    rec["peak_vram_allocated_gib"] = train_mem.get("peak_allocated_gib")
+    rec["peak_rss_gib"] = max((p.get("peak_rss_gib", 0) for p in mem.phases.values()), default=None)
+    rec["timings_s"] = clock.total()
+    rec["finished_at"] = now()
+
+
+def training(rec: dict, meter, model, hf_config, warmup: int) -> None:
+    """Throughput, MFU, the loss curve and the engine's per-step counts of a finished training."""
+    levers = rec.setdefault("levers", {})
+    levers["chunked_loss"] = models.has_fused_lm_head(model)  # the memory model reads it
+    levers["flat_optimizer_tensors"] = meter.flat_optimizer_tensors
+    levers["causal_padding_batches"] = meter.collator.unmasked_batches
+    rec["throughput"] = throughput(
+        meter.step_times_s, meter.loss_tokens, meter.padded_tokens, meter.samples,
+        warmup=warmup, gc_pause_s=meter.gc_pause_s,
+    )  # fmt: skip
+    rec["throughput"]["gc_full_collections_train"] = meter.gc.full_collections
+    _add_mfu(rec, hf_config)
+    curve = meter.loss_curve
+    rec["loss"] = {"curve": curve, "final_train": curve[-1]["loss"] if curve else None,
+                   "eval_curve": meter.eval_curve}  # fmt: skip
+
+
+def _add_mfu(rec: dict, hf_config) -> None:
+    tp, lev = rec["throughput"], rec.get("levers") or {}
+    if not tp.get("timed_steps") or rec["device"]["type"] != "cuda":
+        return
+    tokens_per_s, lora = tp["padded_tokens_per_s"], rec["params"]["trainable"]
+    tp.update(flops.utilization(
+        hf_config, tokens_per_s, seq_len=tokens_per_s / tp["samples_per_s"], lora_params=lora,
+        recompute_fraction=lev.get("checkpointed_layers", 0) / max(lev.get("num_layers", 1), 1),
+        recompute_trimmed_layers=lev.get("recompute_trimmed", 0),
+    ))  # fmt: skip
+
+
+def generations(model, tokenizer, plan, cfg) -> list[dict]:
+    """Greedy completions of the first held-out prompts, base (adapter off) and tuned."""
+    rows = data_mod.heldout_task_rows(plan.heldout_examples, tokenizer, cfg.data)
+    out = []
+    for row in rows[: cfg.train.generations]:
+        ids = tokenizer(row["text"], return_tensors="pt", add_special_tokens=False).to(plan.device)
+        gen = {}
+        for label in ("base", "tuned"):
+            with torch.no_grad(), model.disable_adapter() if label == "base" else nullcontext():
+                o = model.generate(**ids, max_new_tokens=24, do_sample=False)
+            gen[label] = tokenizer.decode(
+                o[0, ids["input_ids"].shape[1] :], skip_special_tokens=True
+            )
+        out.append({"prompt": row["text"], "expected": row["answer"], **gen})
+    return out
+
+
+def score(rec: dict) -> float | None:
+    """Headline quality: the first task's first metric after tuning (higher is better, sign-flipped
+    otherwise); else None. Random-weight trials have no score."""
+    for metrics in rec.get("lm_eval", {}).values():
+        for m in metrics.values():
+            after = m.get("after")
+            if after is not None:
+                return after if m.get("higher_is_better", True) else -after
+    return None
+
+
+def save(model, tokenizer, weights: str, tcfg, rec: dict, out_dir, *, device: str) -> None:
+    """The adapter (train.save_adapter) and a merged 16-bit model (train.merge)."""
+    if tcfg.save_adapter:
+        model.save_pretrained(out_dir / "adapter")
+        tokenizer.save_pretrained(out_dir / "adapter")
+        rec["artifacts"]["adapter_dir"] = "adapter"
+    if tcfg.merge:
+        models.merge_to_16bit(weights, out_dir / "adapter", out_dir / "merged", device=device)
+        rec["artifacts"]["merged_dir"] = "merged"
