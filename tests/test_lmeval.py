@@ -15,8 +15,8 @@ import yaml
 
 from harness.assets.embedded_model import ensure_embedded_model
 from harness.errors import ConfigError
+from harness.evaluate.cache import base_scores_cached
 from harness.evaluate.lmeval import (
-    base_scores_cached,
     evaluate_lm,
     merge_before_after,
     primary_metric,

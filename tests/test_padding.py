@@ -1,4 +1,4 @@
-"""train.causal_padding: a right-padded batch runs without its padding mask, with the same loss
+"""engine.causal_padding: a right-padded batch runs without its padding mask, with the same loss
 and gradients (the causal mask already hides trailing padding from every real token)."""
 
 import torch
@@ -38,10 +38,10 @@ def _loss_and_grads(model, batch):
 
 
 def test_causal_padding_is_composed_off_and_on_in_the_fast_presets():
-    assert to_trial_config(compose_cfg([])).train.causal_padding is False
-    assert to_trial_config(compose_cfg(["engine=plain"])).train.causal_padding is False
+    assert to_trial_config(compose_cfg([])).engine.causal_padding is False
+    assert to_trial_config(compose_cfg(["engine=plain"])).engine.causal_padding is False
     for engine in ("fast", "lean", "exact", "max"):
-        assert to_trial_config(compose_cfg([f"engine={engine}"])).train.causal_padding is True
+        assert to_trial_config(compose_cfg([f"engine={engine}"])).engine.causal_padding is True
 
 
 def test_only_trailing_padding_without_loss_runs_unmasked():

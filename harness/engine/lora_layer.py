@@ -69,26 +69,23 @@ def _forward(layer, peft_forward, x, *args, **kwargs):
     )  # fmt: skip
 
 
-class FusedLinear(PeftLinear):
+class _Fused:
+    """The fused op as the forward of a peft LoRA layer (peft's own where it must run)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        _set_defaults(self)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return _forward(self, super().forward, x, *args, **kwargs)
+
+
+class FusedLinear(_Fused, PeftLinear):
     """peft's LoRA Linear over a 16-bit nn.Linear (quant.type=none), the fused op as forward."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        _set_defaults(self)
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        return _forward(self, super().forward, x, *args, **kwargs)
-
-
-class FusedLinear4bit(PeftLinear4bit):
+class FusedLinear4bit(_Fused, PeftLinear4bit):
     """peft's LoRA Linear4bit over bitsandbytes' Linear4bit, the fused op as forward."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        _set_defaults(self)
-
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        return _forward(self, super().forward, x, *args, **kwargs)
 
 
 def is_fused(module) -> bool:

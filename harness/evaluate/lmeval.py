@@ -8,26 +8,18 @@ checks that both give the same scores.
 Scores have one shape everywhere: ``{task: {metric: {"value", "stderr", "higher_is_better"}}}``.
 """
 
-import fcntl
-import hashlib
-import importlib.metadata
-import json
 import logging
 import math
-import os
-import tempfile
-from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
+from harness.evaluate.cache import write_json_atomic
 from harness.evaluate.registry import (
     EMBEDDED_DIR_TOKEN,
     TASK_PREFIX,
     TASKS_DIR,
     materialize_tasks,
-    tasks_fingerprint,
 )
 
 log = logging.getLogger(__name__)
@@ -115,7 +107,7 @@ def evaluate_lm(
     finally:
         model.train(was_training)
         _restore_rng_state(rng)  # lm-eval reseeds the global RNGs; the trial's stream goes on
-    _write_json_atomic(work_dir / "lm_eval_results.json", results)
+    write_json_atomic(work_dir / "lm_eval_results.json", results)
     return scores_from_results(results)
 
 
@@ -161,40 +153,6 @@ def primary_metric(task: str, metrics: dict[str, Any]) -> str | None:
         if name in metrics:
             return name
     return next(iter(metrics), None)
-
-
-def base_scores_cached(
-    key: dict[str, Any], compute: Callable[[], Scores], *, cache_file: Path
-) -> Scores:
-    """Base-model scores from ``cache_file``, computed by ``compute()`` on a miss.
-
-    Args:
-        key: What the scores depend on: model identity (name, revision or weights hash), quant
-            settings, tasks, limit, num_fewshot, data dir. The lm-eval version and a hash of the
-            shipped task files are added here, so a changed YAML or lm-eval never hits a stale
-            entry.
-        compute: Scores the base model; called only on a miss.
-        cache_file: A JSON file ``{sha1: {"key": ..., "scores": ...}}`` shared by all trials;
-            rewritten atomically under a file lock, so parallel trials never lose an entry.
-
-    Returns:
-        The scores, in ``evaluate_lm``'s shape.
-    """
-    full_key = {
-        **key,
-        "lm_eval_version": importlib.metadata.version("lm_eval"),
-        "tasks_fingerprint": tasks_fingerprint(),
-    }
-    digest = hashlib.sha1(json.dumps(full_key, sort_keys=True, default=str).encode()).hexdigest()
-    hit = _read_cache(cache_file).get(digest)
-    if hit is not None:
-        return hit["scores"]
-    scores = compute()
-    with _locked(cache_file):
-        entries = _read_cache(cache_file)  # re-read: another trial may have added entries
-        entries[digest] = {"key": full_key, "scores": scores}
-        _write_json_atomic(cache_file, entries)
-    return scores
 
 
 def merge_before_after(before: Scores, after: Scores) -> Scores:
@@ -260,42 +218,3 @@ def _finite_or_none(value: Any) -> float | None:
     if isinstance(value, int | float) and math.isfinite(value):
         return float(value)
     return None
-
-
-def _read_cache(path: Path) -> dict[str, Any]:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return {}
-    except json.JSONDecodeError as e:  # only a hand edit can do this: writes are atomic
-        log.warning("ignoring unreadable score cache %s (%s); recomputing", path, e)
-        return {}
-
-
-@contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    """A temp file beside ``path``, fsync, rename: readers see the old file or the new one."""
-    from lm_eval.utils import handle_non_serializable
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, default=handle_non_serializable)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -16,7 +16,8 @@ def score_trial(
 ) -> dict:  # fmt: skip
     """lm-eval after tuning (in-memory model, adapter on) and before (adapter off, cached per
     base model + quant + tasks). Returns {task: {metric: {before, after, delta, ...}}}."""
-    from harness.evaluate.lmeval import base_scores_cached, evaluate_lm, merge_before_after
+    from harness.evaluate.cache import base_scores_cached
+    from harness.evaluate.lmeval import evaluate_lm, merge_before_after
 
     if not ecfg.tasks:
         return {}

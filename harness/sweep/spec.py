@@ -7,6 +7,7 @@ field, the value and what is allowed (ConfigError), like the trial config does.
 
 import math
 import operator
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,8 @@ def hydra_value(value: Any) -> str:
     if isinstance(value, int | float):
         return repr(value)
     text = str(value)
+    if re.fullmatch(r"\[[\w.+/, -]*\]", text):  # a list of plain items: Hydra's list syntax
+        return text
     plain = all(c.isalnum() or c in "_-+./" for c in text)
     return text if plain else "'" + text.replace("'", "\\'") + "'"
 
