@@ -7,6 +7,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue, ValidationError
@@ -29,7 +30,23 @@ def main() -> None:
         print(f"note: {old}: engine levers are engine.* keys now; ran with today's keys",
               file=sys.stderr)  # fmt: skip
         sys.argv[1:] = [m for m in migrated if m is not None]
+    _check_command(sys.argv[1:])
     _hydra_main()
+
+
+def _check_command(args: list[str]) -> None:
+    """Compose and validate every job of the command before the first trains; a bad point or a
+    Hydra rejection ends it here in one line, exit 2, with nothing trained."""
+    from harness.config.points import check_points, command_points, error_line
+
+    try:
+        points = command_points(args)
+        why = check_points(CONF_DIR, points) if points is not None else None
+    except HydraException as e:  # an override Hydra cannot parse, or a sweep it cannot expand
+        why = error_line(e, args)
+    if why:
+        print(f"error: {why}", file=sys.stderr)
+        sys.exit(2)
 
 
 def job_context() -> tuple[list[str], dict, Path]:
@@ -64,6 +81,9 @@ def _run_job(cfg, overrides: list[str], choices: dict, out_dir: Path) -> dict:
     from harness.trial.pipeline import run_trial
     from harness.trial.record import read_record
 
+    done = _finished(cfg, out_dir)
+    if done is not None:
+        return done
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         return run_trial(cfg, out_dir, overrides=overrides, choices=choices)
     if not needs_own_process(cfg.engine):
@@ -74,6 +94,21 @@ def _run_job(cfg, overrides: list[str], choices: dict, out_dir: Path) -> dict:
     if proc.returncode == 2:
         raise ConfigError("overrides", " ".join(overrides), proc.stderr.strip().splitlines()[-1])
     return read_record(out_dir)
+
+
+def _finished(cfg, out_dir: Path) -> dict | None:
+    """The record already in out_dir if it holds this very trial (a resumed grid keeps it, byte
+    for byte); a record of other settings there is refused: two runs never share a folder."""
+    from harness.trial.record import RECORD_NAME, config_hash, read_record
+
+    if not (out_dir / RECORD_NAME).is_file():
+        return None
+    rec = read_record(out_dir)
+    if rec.get("config_hash") != config_hash(cfg):
+        raise ConfigError("out_dir", str(out_dir), "holds the record of other settings; "
+                          "choose another hydra.sweep.dir / out_dir")  # fmt: skip
+    print(f"kept: {out_dir / RECORD_NAME} (this trial finished before; not rerun)")
+    return rec
 
 
 def quiet_libraries() -> None:

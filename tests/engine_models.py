@@ -44,9 +44,13 @@ def tiny_peft(ecfg: EngineConfig | None = None, *, dropout: float = 0.0, seed: i
 
 def enable_checkpointing(model) -> None:
     """HF's recompute on every decoder layer, as attach_adapter enables it."""
-    model.get_base_model().activation_checkpointing_enable(
-        activation_checkpointing_kwargs={"use_reentrant": False}
-    )
+    base = model.get_base_model()
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.2x's name
+        base.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False}
+        )
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def tiny_4bit(dropout: float = 0.0, ecfg: EngineConfig | None = None, *, r: int = 8,

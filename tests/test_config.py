@@ -72,6 +72,10 @@ BAD = [
     (["engine.checkpointing=selective", "engine.host_layers=99"], "at most the 15 of 30 layers"),
     (["engine.trim_recompute=true"], "engine.trim_recompute=True"),  # needs lora_kernel=fused
     (["train.callbacks=[nope.Nope]"], "train.callbacks='nope.Nope'"),
+    (["train.lr=inf"], "train.lr=inf"),
+    (["eval.num_fewshot=-1"], "eval.num_fewshot=-1"),
+    (["data.max_seq_len=4"], "data.max_seq_len=4: an integer >= 64"),
+    (["model=tiny-llama", "eval.tasks=[nope]"], "eval.tasks='nope'"),  # random weights too
 ]
 
 
@@ -83,6 +87,31 @@ def test_bad_input_is_refused_before_loading(overrides, needle, tmp_path):
     assert "Traceback" not in proc.stderr + proc.stdout
     assert "Loading weights" not in proc.stderr + proc.stdout  # refused before any model load
     assert not (tmp_path / "trial" / "record.json").exists()
+
+
+def _config_only_dir(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    return ["model=local", f"model.path={tmp_path / 'm'}"], "a dir holding weights"
+
+
+def _binary_data(tmp_path):
+    (tmp_path / "d.json").write_bytes(bytes(range(256)))
+    return ["data=alpaca", f"data.path={tmp_path / 'd.json'}"], "is not UTF-8"
+
+
+def _text_as_gguf(tmp_path):
+    (tmp_path / "x.gguf").write_text("not a model\n")
+    return ["model=gguf", f"model.path={tmp_path / 'x.gguf'}"], "no GGUF magic bytes"
+
+
+@pytest.mark.parametrize("make", [_config_only_dir, _binary_data, _text_as_gguf])
+def test_bad_files_are_refused_before_loading(make, tmp_path):
+    overrides, needle = make(tmp_path)
+    proc = run_harness([*overrides, f"out_dir={tmp_path / 'trial'}"], timeout=300)
+    assert proc.returncode == 2 and needle in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "trial").exists()
 
 
 def test_malformed_data_file_names_file_and_line(tmp_path):

@@ -19,6 +19,7 @@ from conftest import REPO, TINY, load_json
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
+from harness.analysis.optuna_records import study_records
 from harness.errors import ConfigError
 from harness.sweep.spec import StudySpec, hydra_value, make_sampler
 from harness.sweep.storage import is_result
@@ -150,6 +151,31 @@ def test_failure_rate_limit_stops_a_study_where_everything_fails(tmp_path):
     assert len(pd.read_csv(tmp_path / "studies" / "doomed" / "summary.csv")) == 2
 
 
+def test_failed_trials_do_not_count_and_rerun_after_the_fix(tmp_path):
+    spec = write_spec(
+        tmp_path,
+        "fixed",
+        grid={"lora.r": [4, 8, 16]},
+        overrides=[*STUDY_TINY, "train.callbacks=[faults.NanUntilFixed]"],
+        fail_limit={"consecutive": 2},
+    )
+    first = run_study(spec, tmp_path)
+    assert first.returncode == 3, first.stderr[-3000:]
+    why = next(line for line in first.stderr.splitlines() if "failure-rate limit" in line)
+    named = [w.rstrip(",") for w in why.split() if w.rstrip(",").endswith((".txt", ".json"))]
+    assert named and all(Path(p).is_file() for p in named), why  # NaN: record.json, no error.txt
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "FAULTS_FIXED": "1"}
+    rerun = subprocess.run(
+        study_cmd(spec, tmp_path), cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    trials = load(tmp_path, "fixed").get_trials()
+    usable = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["lora.r"] for t in usable) == [4, 8, 16]  # the failed points ran again
+    assert len(trials) == 5 and sum(t.user_attrs["status"] == "failed" for t in trials) == 2
+    assert len(pd.read_csv(tmp_path / "studies" / "fixed" / "summary.csv")) == 5
+
+
 @pytest.mark.parametrize("isolate", [False, True], ids=["in-process", "isolated"])
 def test_median_pruner_prunes_on_held_out_loss(tmp_path, isolate):
     # lr 0.02 must run first and set the median; lr 1e-7 barely moves the loss and trails it at
@@ -210,6 +236,30 @@ def test_kill_9_mid_trial_then_rerun_completes_exactly_n_trials(tmp_path):
     assert len(retry) == 1 and retry[0].params == dead.params
     assert not (Path(dead.user_attrs["record_dir"]) / "record.json").exists()
     assert len(pd.read_csv(tmp_path / "studies" / "killed" / "summary.csv")) == 3
+
+
+def test_record_then_kill_is_told_from_its_record_on_resume(tmp_path):
+    spec = write_spec(
+        tmp_path,
+        "told",
+        grid={"lora.r": [4, 8]},
+        overrides=[*STUDY_TINY, "train.callbacks=[faults.DieBeforeTell]"],
+    )
+    first = run_study(spec, tmp_path)
+    assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
+    study_dir = tmp_path / "studies" / "told"
+    assert (study_dir / "trial_0" / "record.json").is_file()
+    rerun = run_study(spec, tmp_path)  # waits out the 4 s grace, tells trial 0 from its record
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    study = load(tmp_path, "told")
+    results = [t for t in study.get_trials() if is_result(t)]
+    assert len(results) == 2 and sorted(t.params["lora.r"] for t in results) == [4, 8]
+    told = [t for t in results if t.system_attrs.get("recorded_trial") == 0]
+    assert len(told) == 1 and told[0].state == TrialState.COMPLETE
+    assert told[0].user_attrs["record_dir"] == study.trials[0].user_attrs["record_dir"]
+    assert len(list(study_dir.rglob("record.json"))) == 2  # trial 0's point never ran again
+    assert len(pd.read_csv(study_dir / "summary.csv")) == 2
+    assert len(study_records(study)) == 2  # what the report reads: each trial once
 
 
 def _wait_for_running_trial(proc, db: Path, *, number: int, timeout: float = 300) -> None:

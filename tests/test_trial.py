@@ -74,6 +74,24 @@ def test_nan_loss_stops_and_is_recorded(tmp_path):
     assert len(rec["loss"]["curve"]) < 6  # stopped early
 
 
+def test_collapsed_training_is_diverged_not_success(tmp_path):
+    # lr=1e6 pins the tiny model's loss at ln(49152) = 10.80267 from step 2 with zero gradient
+    proc = run_harness([*TINY, "train.max_steps=4", "train.lr=1e6", f"out_dir={tmp_path}"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rec = load_json(tmp_path / "record.json")
+    assert rec["status"] == "diverged" and "ln(vocab_size)=10.80267" in rec["error"], rec["error"]
+    assert rec["loss"]["curve"][-1]["grad_norm"] == 0.0
+    assert not rec.get("lm_eval") and rec.get("score") is None
+
+
+def test_ordinary_tiny_training_is_not_diverged(tmp_path):
+    proc = run_harness([*TINY, f"out_dir={tmp_path}"])  # starts near ln(vocab) too, but learns
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rec = load_json(tmp_path / "record.json")
+    assert rec["status"] == "success", rec.get("error")
+    assert all(p["grad_norm"] > 0 for p in rec["loss"]["curve"])
+
+
 def test_variants_quant_and_merge_run(tmp_path):
     proc = run_harness(
         [*TINY, "quant=fp4", "quant.double_quant=false", "lora.variant=dora+rslora",

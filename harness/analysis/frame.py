@@ -62,7 +62,9 @@ class StudySource:
     study: str
 
     def __str__(self) -> str:
-        return f"study {self.study!r} in {self.storage}"
+        from harness.sweep.storage import mask_url
+
+        return f"study {self.study!r} in {mask_url(self.storage)}"
 
 
 Source = Path | str | StudySource | Iterable[dict[str, Any]]  # or an optuna.Study

@@ -150,8 +150,8 @@ def render_markdown(
     budgets: list[dict[str, Any]], seeds: str, meta: str,
 ) -> str:  # fmt: skip
     """The Markdown summary; images are the PNGs beside it."""
-    err = memory["error"]
-    lines = [f"# {title}", "", meta, "", "## Which setting for my GPU budget?", "",
+    err, meta = memory["error"], html.escape(meta, quote=False)
+    lines = [f"# {_md(title)}", "", meta, "", "## Which setting for my GPU budget?", "",
              "Best score that fits with a 10% margin on peak reserved VRAM; *predicted* rows come "
              "from the memory model (± its held-out error) and were not run.", "",
              "| budget (GiB) | answer | setting | needs (GiB) | measured quality |",
@@ -171,4 +171,5 @@ def render_markdown(
 
 
 def _md(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """A quoted value as inert Markdown text: no HTML, no table pipe, one line."""
+    return html.escape(str(text), quote=False).replace("|", "\\|").replace("\n", " ")

@@ -32,12 +32,16 @@ def trial_status(trial: Any) -> str:
 
 
 def study_records(study: Any) -> list[dict[str, Any]]:
-    """The record of every trial of a study (an ``optuna.Study`` or a `StudySource`)."""
+    """The record of every trial of a study (an ``optuna.Study`` or a `StudySource`), each once."""
     if isinstance(study, StudySource):
-        import optuna
+        from harness.sweep.storage import load_existing_study
 
-        study = optuna.load_study(study_name=study.study, storage=study.storage)
-    return [trial_record(t) for t in study.get_trials(deepcopy=False)]
+        study = load_existing_study(study.storage, study.study)
+    trials = study.get_trials(deepcopy=False)
+    # A trial whose worker died is superseded by its retry ("failed_trial") or by its result
+    # told from its record ("recorded_trial", same record dir): report each trial once.
+    superseded = {t.system_attrs.get(k) for t in trials for k in ("failed_trial", "recorded_trial")}
+    return [trial_record(t) for t in trials if t.number not in superseded]
 
 
 def trial_record(trial: Any) -> dict[str, Any]:

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from harness.analysis.decide import (
     OBJECTIVES,
     Choice,
@@ -36,6 +38,7 @@ from harness.analysis.frame import (
 )
 from harness.analysis.pin import default_name, experiment_yaml, hydra_overrides, write_experiment
 from harness.assets.shapes import SHAPES
+from harness.errors import ConfigError
 from harness.memory.model import calibrate, error_report
 from harness.memory.table import format_seeds_table, seeds_rows
 from harness.memory.terms import Shape
@@ -65,13 +68,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    if args.budget_gib is not None and not (math.isfinite(args.budget_gib) and args.budget_gib > 0):
+        raise ConfigError("--budget-gib", args.budget_gib, "a GPU memory size in GiB, > 0")
+    if not (math.isfinite(args.margin) and 0 <= args.margin < 1):
+        raise ConfigError("--margin", args.margin, "a fraction in [0, 1), e.g. 0.10 for 10%")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     source: Any = StudySource(args.storage, args.study) if args.study else args.sweep
     try:
+        _check_numbers(args)
         records = load_records(source) if (args.sweep or args.study) else []
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except SQLAlchemyError as e:  # an unreachable server, a file that is not a study database
+        print(f"error: cannot read the study storage: {type(e).__name__}", file=sys.stderr)
         return 2
     calib = calibrate(records)
     if args.table:

@@ -5,6 +5,7 @@ time. `to_trial_config` turns the DictConfig into a `TrialConfig` once, at the e
 every `__post_init__` check; nothing below the entry ever sees a DictConfig.
 """
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,7 @@ PROMPT_FORMATS = ("auto", "chat", "alpaca")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 PACKING_STRATEGIES = ("bfd", "wrapped")
 DEVICES = ("auto", "cpu", "cuda")
+MIN_SEQ_LEN = 64  # tokens: 29 of Alpaca template + an instruction and its answer
 
 
 @dataclass
@@ -146,7 +148,12 @@ class DataConfig:
         _one_of("data.prompt_format", self.prompt_format, PROMPT_FORMATS)
         if self.source in ("alpaca", "hub") and not self.path:
             raise ConfigError("data.path", self.path, f"required when data.source={self.source}")
-        _positive("data.max_seq_len", self.max_seq_len)
+        if not isinstance(self.max_seq_len, int) or self.max_seq_len < MIN_SEQ_LEN:
+            raise ConfigError(
+                "data.max_seq_len", self.max_seq_len,
+                f"an integer >= {MIN_SEQ_LEN}: the Alpaca prompt template alone is 29 tokens "
+                "(SmolLM2 tokenizer), and a prompt + answer must fit",
+            )  # fmt: skip
         _one_of("data.packing_strategy", self.packing_strategy, PACKING_STRATEGIES)
         _positive("data.num_heldout", self.num_heldout)
         _positive("data.num_train", self.num_train)
@@ -186,6 +193,8 @@ class TrainConfig:
             raise ConfigError("train.max_steps", self.max_steps, "must be an integer > 0")
         if self.epochs is not None:
             _positive("train.epochs", self.epochs)
+        if not math.isfinite(self.lr):
+            raise ConfigError("train.lr", self.lr, "a finite number > 0")
         _positive("train.lr", self.lr)
         _positive("train.batch_size", self.batch_size)
         _positive("train.grad_accum", self.grad_accum)
@@ -213,6 +222,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.limit is not None:
             _positive("eval.limit", self.limit)
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            raise ConfigError("eval.num_fewshot", self.num_fewshot, "an integer >= 0, or null")
         self.tasks = list(self.tasks)
 
 

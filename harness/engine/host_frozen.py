@@ -76,6 +76,7 @@ class HostHead(nn.Module):
         self.gpu_device, self.host = weight.device, weight.to("cpu").pin_memory()
         self.live: tuple[torch.Tensor, torch.cuda.Event] | None = None
         self.stream: torch.cuda.Stream | None = None
+        self.bias = None  # an LM head has none; TRL's chunked loss reads the attribute
 
     def settings(self) -> dict:
         return {"host": True}

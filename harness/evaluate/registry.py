@@ -99,11 +99,16 @@ def check_tasks(tasks: list[str], *, data_dir: Path, embedded_dir: Path | None) 
     """
     if not tasks:
         raise ConfigError("eval.tasks", tasks, "at least one task")
+    check_task_names(tasks)
+    for name in set(tasks) & set(harness_tasks()):
+        _check_data(name, data_dir=data_dir, embedded_dir=embedded_dir)
+
+
+def check_task_names(tasks: list[str]) -> None:
+    """Every name is a harness task or one of lm-eval's (no data read); else ConfigError."""
     ours = set(harness_tasks())
     for name in tasks:
-        if name in ours:
-            _check_data(name, data_dir=data_dir, embedded_dir=embedded_dir)
-        elif name.startswith(TASK_PREFIX) or name not in _lm_eval_task_names():
+        if name not in ours and (name.startswith(TASK_PREFIX) or name not in _lm_eval_task_names()):
             raise ConfigError(
                 "eval.tasks",
                 name,

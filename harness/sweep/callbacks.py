@@ -2,9 +2,11 @@
 
 `SweepSummary` watches each job's record (failure-rate limit) and, when the multirun ends, writes
 `summary.csv` in the sweep dir, prints it as a table and builds the report in `<sweep>/report/`.
+It prints, as the sweep starts, the command that resumes it (`resume_command`).
 """
 
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,8 @@ class SweepSummary(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.statuses = []
+        sweep_dir = Path(config.hydra.sweep.dir).resolve()
+        print(f"sweep: {sweep_dir}\nresume with: {resume_command(sys.argv[1:], sweep_dir)}")
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if HydraConfig.get().mode != RunMode.MULTIRUN:
@@ -80,6 +84,13 @@ class SweepSummary(Callback):
         print(f"summary: {csv}")
         if build:
             run_report(sweep_dir, sweep_dir / "report", title=f"sweep {sweep_dir.name}")
+
+
+def resume_command(args: list[str], sweep_dir: Path) -> str:
+    """The same command pinned to this sweep dir: rerun it and finished trials are kept, the
+    interrupted ones run again."""
+    kept = [a for a in args if not a.startswith("hydra.sweep.dir=")]
+    return shlex.join(["python", "-m", "harness", *kept, f"hydra.sweep.dir={sweep_dir}"])
 
 
 def sweep_keys(overrides: list[str]) -> list[str]:

@@ -18,7 +18,7 @@ from harness.analysis.frame import SUMMARY_COLUMNS, override_items, summary_row
 
 log = logging.getLogger(__name__)
 
-FAILED = ("failed", "oom")  # statuses the failure-rate limit counts; pruned is a healthy result
+FAILED = ("failed", "oom", "diverged")  # what the failure-rate limit counts; pruned is healthy
 
 
 def swept_keys(records: Sequence[dict]) -> list[str]:

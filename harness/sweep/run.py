@@ -2,13 +2,15 @@
 run the one trial routine in this process (sharing the quantized base through a BasePool) or in a
 child process (`--isolate`), and turn its record into Optuna user attrs.
 
-The child entry, used by the driver only:
-    python -m harness.sweep.run --spec sweeps/tpe.yaml --study tpe --storage URL --trial-id 7
-        --out DIR -- lora.r=16 ...
+The child entry, used by the driver only (the storage URL, which may hold a password, comes in
+the environment variable HARNESS_STORAGE_URL, never in the argv that `ps` shows):
+    python -m harness.sweep.run --spec sweeps/tpe.yaml --study tpe --trial-id 7 --out DIR
+        -- lora.r=16
 """
 
 import argparse
 import ctypes
+import os
 import signal
 import subprocess
 import sys
@@ -27,6 +29,8 @@ from harness.config.schema import TrialConfig, register_configs, to_trial_config
 from harness.errors import ConfigError
 from harness.sweep.spec import StudySpec, hydra_value, load_spec, make_pruner
 from harness.trial.record import read_record
+
+STORAGE_ENV = "HARNESS_STORAGE_URL"
 
 
 def compose_trial(overrides: list[str]) -> tuple[TrialConfig, dict]:
@@ -116,11 +120,11 @@ def run_isolated(
     its record, or a failed result when the process died without writing one."""
     out_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "harness.sweep.run", "--spec", str(spec_path)]
-    cmd += ["--study", study, "--storage", storage, "--trial-id", str(trial_id)]
-    cmd += ["--out", str(out_dir), "--", *overrides]
+    cmd += ["--study", study, "--trial-id", str(trial_id), "--out", str(out_dir), "--", *overrides]
+    env = {**os.environ, STORAGE_ENV: storage}
     with open(out_dir / "trial.log", "w") as log_file:
         proc = subprocess.run(
-            cmd, stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+            cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
         )
     if (out_dir / "record.json").is_file():
         return read_record(out_dir)
@@ -165,15 +169,18 @@ def child_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m harness.sweep.run")
     p.add_argument("--spec", type=Path, required=True)
     p.add_argument("--study", required=True)
-    p.add_argument("--storage", required=True)
     p.add_argument("--trial-id", type=int, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
+    if not os.environ.get(STORAGE_ENV):
+        print(f"error: {STORAGE_ENV} is not set: the study storage URL", file=sys.stderr)
+        return 2
     from harness.trial.pipeline import run_trial  # torch & co: after the arguments are known good
 
     spec = load_spec(args.spec, name=args.study)
-    study = optuna.load_study(study_name=spec.name, storage=args.storage, pruner=make_pruner(spec))
+    url = os.environ[STORAGE_ENV]
+    study = optuna.load_study(study_name=spec.name, storage=url, pruner=make_pruner(spec))
     trial = optuna.Trial(study, args.trial_id)
     try:
         cfg, choices = compose_trial(args.overrides)

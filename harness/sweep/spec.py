@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+import yaml
 from omegaconf import OmegaConf
 
 from harness.analysis.frame import get_path
@@ -104,6 +105,7 @@ class StudySpec:
         if self.grid and self.n_trials > self.grid_size:
             raise ConfigError("n_trials", self.n_trials, f"at most the grid size {self.grid_size}")
         self.limit = FailureLimit(**self.fail_limit)
+        check_heartbeat(self.heartbeat)
 
     @property
     def pruned(self) -> bool:
@@ -120,13 +122,38 @@ class StudySpec:
 
 def load_spec(path: Path, **replace: Any) -> StudySpec:
     """Read sweeps/<name>.yaml; keyword arguments that are not None replace its keys."""
-    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    if not path.is_file():
+        raise ConfigError("spec", str(path), "an existing study file, e.g. sweeps/tpe.yaml")
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        where = getattr(e, "problem_mark", None)
+        at = f"line {where.line + 1}: " if where else ""
+        why = getattr(e, "problem", None) or type(e).__name__
+        raise ConfigError("spec", str(path), f"valid YAML ({at}{why})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError("spec", str(path), "a YAML mapping of study keys (name, space, ...)")
     known = {f.name for f in fields(StudySpec)}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{path}: {unknown[0]}", raw[unknown[0]], f"known keys: {sorted(known)}")
     raw.update({k: v for k, v in replace.items() if v is not None})
     return StudySpec(**raw)
+
+
+def check_heartbeat(beat: dict) -> None:
+    """{interval: s, grace: s, max_retry: n}: a trial silent for `grace` s is failed, so grace
+    must outlast a beat interval or every live trial would be failed between two beats."""
+    allowed = {"interval", "grace", "max_retry"}
+    for key, value in beat.items():
+        if key not in allowed:
+            raise ConfigError(f"heartbeat.{key}", value, f"known keys: {sorted(allowed)}")
+        low = 0 if key == "max_retry" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"heartbeat.{key}", value, f"an integer >= {low}")
+    interval, grace = beat.get("interval", 60), beat.get("grace", 180)
+    if grace <= interval:
+        raise ConfigError("heartbeat.grace", grace, f"> the heartbeat interval {interval} s")
 
 
 def parse_constraint(text: str) -> Constraint:

@@ -2,9 +2,11 @@
 several workers share it without overshooting n_trials, heartbeats and what happens to the trials
 of a worker that died (kill -9, power loss, preemption).
 
-A trial counts toward n_trials once it is a *result*: COMPLETE, PRUNED, or FAIL with a `status`
-user attr (oom / failed: the trial ran and its record says what happened). A FAIL without one is a
-trial whose worker died mid-way: it does not count, and a copy of it is queued (WAITING) and run
+A trial is a *result* once it is COMPLETE, PRUNED, or FAIL with a `status` user attr (oom /
+diverged / failed: the trial ran and its record says what happened). Results count toward
+n_trials except status "failed": once its cause is fixed, a rerun of the study runs others (a
+grid: that point again) until n_trials results are usable. A FAIL without a status is a trial
+whose worker died mid-way: it does not count, and a copy of it is queued (WAITING) and run
 again, up to `max_retry` times; after that the copy is recorded as a failed result.
 """
 
@@ -13,10 +15,12 @@ import fcntl
 import functools
 import importlib.util
 import logging
+import os
+import re
 import sqlite3
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +28,8 @@ import optuna
 import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
+
+from harness.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +50,67 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def open_storage(url: str, *, interval: int, grace: int, max_retry: int) -> RDBStorage:
-    """RDBStorage with heartbeats: a RUNNING trial silent for `grace` s is failed and retried."""
+def mask_url(url: str) -> str:
+    """The URL as every log, summary and report shows it: ``postgresql://root:***@host/db``."""
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:  # not a URL, but hide a "user:password@" all the same
+        return hide_passwords(url)
+
+
+def hide_passwords(text: str) -> str:
+    """Any ``//user:password@`` in free text (an error message) as ``//user:***@``."""
+    return re.sub(r"(//[^/:@\s]*:)[^/@\s]*@", r"\1***@", text)
+
+
+def check_url(url: str, *, exists: bool) -> None:
+    """Refuse a storage URL that cannot work before anything is created: an unknown dialect or
+    driver, a SQLite path that cannot be a file (a parent is a file, not writable) or, with
+    `exists`, a SQLite file that is not there (opening it would create an empty database)."""
+    allowed = "a SQLAlchemy URL, e.g. sqlite:///outputs/studies/tpe.db or postgresql://user@host/db"
+    try:
+        u = sqlalchemy.engine.make_url(url)
+        u.get_dialect()
+    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ImportError) as e:
+        why = (str(e).splitlines() or [""])[0]
+        raise ConfigError("--storage", mask_url(url), f"{allowed} ({why})") from None
+    if u.get_backend_name() != "sqlite" or u.database in (None, "", ":memory:"):
+        return
+    path = Path(u.database).absolute()
+    if exists:
+        if not path.is_file():
+            raise ConfigError("--storage", url, f"an existing study database; no file {path}")
+        return
+    parent = next(p for p in path.parents if p.exists())
+    if path.is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ConfigError("--storage", url, f"a SQLite file path; {parent} is not a writable dir")
+
+
+def load_existing_study(url: str, name: str) -> optuna.Study:
+    """The study `name` in `url`, read-only in spirit: nothing is created when the database or
+    the study is not there (Optuna would create the file and its tables first)."""
+    check_url(url, exists=True)
+    url = normalize_url(url)
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as con:
+            names = []
+            if sqlalchemy.inspect(con).has_table("studies"):
+                names = con.execute(sqlalchemy.text("SELECT study_name FROM studies")).scalars()
+                names = sorted(names)
+    finally:
+        engine.dispose()
+    if name not in names:
+        held = ", ".join(names) if names else "none"
+        raise ConfigError("--study", name, f"a study in {mask_url(url)} (it holds: {held})")
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def open_storage(
+    url: str, *, interval: int, grace: int, max_retry: int, on_recorded: Callable | None = None
+) -> RDBStorage:
+    """RDBStorage with heartbeats: a RUNNING trial silent for `grace` s is failed and retried,
+    or, where `on_recorded(study, trial)` tells it from its record, not retried."""
     backend = sqlalchemy.engine.make_url(url).get_backend_name()
     engine_kwargs: dict = {"pool_pre_ping": True}
     if backend == "sqlite":
@@ -58,7 +123,7 @@ def open_storage(url: str, *, interval: int, grace: int, max_retry: int) -> RDBS
         engine_kwargs=engine_kwargs,
         heartbeat_interval=interval,
         grace_period=grace,
-        heartbeat_stale_trial_callback=StaleTrialHandler(max_retry),
+        heartbeat_stale_trial_callback=StaleTrialHandler(max_retry, on_recorded),
     )
 
 
@@ -119,11 +184,16 @@ class StaleTrialHandler:
     params) up to `max_retry` times; then record the copy as a failed result, so a grid point
     that kills its worker every time is reported, not retried forever."""
 
-    def __init__(self, max_retry: int) -> None:
-        self.max_retry = max_retry
+    def __init__(self, max_retry: int, on_recorded: Callable | None = None) -> None:
+        self.max_retry, self.on_recorded = max_retry, on_recorded
         self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if self.on_recorded and self.on_recorded(study, trial):
+            log.warning(
+                "trial %d lost its worker after its record was written: told from it", trial.number
+            )
+            return
         tries = len(trial.system_attrs.get("retry_history", [])) + 1
         if tries <= self.max_retry:
             log.warning(
@@ -159,15 +229,24 @@ def is_result(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.FAIL and "status" in trial.user_attrs
 
 
+def is_usable(trial: FrozenTrial) -> bool:
+    """Does this result count toward n_trials (success, oom, pruned, diverged; not failed)?"""
+    return is_result(trial) and trial.user_attrs.get("status") != "failed"
+
+
 @dataclass
 class Progress:
     results: list[FrozenTrial] = field(default_factory=list)  # in trial-number order
     running: list[FrozenTrial] = field(default_factory=list)
 
     @property
+    def usable(self) -> list[FrozenTrial]:
+        return [t for t in self.results if is_usable(t)]
+
+    @property
     def taken(self) -> int:
-        """Slots of n_trials finished or being worked on."""
-        return len(self.results) + len(self.running)
+        """Slots of n_trials with a usable result or being worked on."""
+        return len(self.usable) + len(self.running)
 
 
 def progress(study: optuna.Study) -> Progress:

@@ -6,12 +6,14 @@
     python -m harness.study sweeps/tpe.yaml --storage postgresql://user@db-host/optuna  # hosts
 
 Rerunning the same command resumes: finished trials are kept, a trial whose worker died is failed
-once its heartbeat is `grace` s old and run again, and n_trials is the study's total. Several
+once its heartbeat is `grace` s old and run again (or told from its record.json, when the worker
+died after writing it), and n_trials is the study's total. Several
 workers (one per GPU: CUDA_VISIBLE_DEVICES=i, or one per host) share a study through its storage.
 Exit codes: 0 done, 2 bad settings, 3 stopped by the failure-rate limit, 130 interrupted.
 """
 
 import argparse
+import functools
 import logging
 import os
 import socket
@@ -24,20 +26,19 @@ import optuna
 import sqlalchemy
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
-from optuna.trial import TrialState
 
-from harness.analysis.optuna_records import trial_status
 from harness.errors import ConfigError
+from harness.sweep.accounting import failure_files, grid_has_next, limit_reached
 from harness.sweep.pool import process_pool
 from harness.sweep.run import (
     check_study,
     compose_trial,
-    record_attrs,
     run_in_process,
     run_isolated,
 )
 from harness.sweep.spec import (
     StudySpec,
+    check_heartbeat,
     load_spec,
     make_pruner,
     make_sampler,
@@ -46,13 +47,17 @@ from harness.sweep.spec import (
 )
 from harness.sweep.storage import (
     Heartbeat,
+    check_url,
     default_storage,
+    hide_passwords,
+    mask_url,
     normalize_url,
     open_storage,
     progress,
     study_lock,
 )
 from harness.sweep.summary import summarize
+from harness.sweep.tell import result_of, tell, tell_recorded
 
 log = logging.getLogger("harness.study")
 # Heartbeats, stale-trial retries and fail_stale_trials are "experimental" since Optuna 2.8 and
@@ -77,11 +82,14 @@ class Driver:
         self.spec, self.spec_path, self.base = spec, spec_path, base
         self.isolate, self.report = isolate, report
         self.study_dir = out_root / spec.name
+        if spec.storage:
+            check_url(spec.storage, exists=False)
         self.url = normalize_url(spec.storage or default_storage(spec.name, out_root))
         hb = {"interval": 60, "grace": 180, "max_retry": 2, **spec.heartbeat}
         self.pool = None if isolate else process_pool()
         with study_lock(self.url, spec.name):  # first workers race to create the tables/study
-            self.storage = open_storage(self.url, **hb)
+            told = functools.partial(tell_recorded, spec=spec)
+            self.storage = open_storage(self.url, **hb, on_recorded=told)
             self.study = optuna.create_study(
                 storage=self.storage,
                 study_name=spec.name,
@@ -95,14 +103,14 @@ class Driver:
             raise ConfigError(
                 "objectives",
                 spec.directions,
-                f"study {spec.name!r} in {self.url} "
+                f"study {spec.name!r} in {mask_url(self.url)} "
                 f"has {[d.name.lower() for d in self.study.directions]}",
             )
         self.first_number = len(self.study.get_trials(deepcopy=False))
 
     def run(self) -> int:
         n = self.spec.n_trials
-        log.info("study %r in %s: %d trials in all", self.spec.name, self.url, n)
+        log.info("study %r in %s: %d trials in all", self.spec.name, mask_url(self.url), n)
         waiting = False
         while True:
             with study_lock(self.url, self.spec.name):
@@ -110,7 +118,7 @@ class Driver:
                 prog = progress(self.study)
                 nxt = self._ask() if prog.taken < n else None
             if nxt is None:
-                if len(prog.results) >= n or not prog.running:
+                if len(prog.usable) >= n or not prog.running:
                     break
                 if not waiting:  # a trial of another worker, or of a killed run not yet stale
                     log.info(
@@ -122,21 +130,26 @@ class Driver:
                 continue
             waiting = False
             self._run(*nxt)
-            why = self.spec.limit.check(self._statuses()) if prog.taken + 1 < n else None
-            if why:  # (a study whose last trial just ran has nothing left to stop)
+            why = limit_reached(self.study, self.spec, self.first_number)
+            if why:
                 summarize(self.study, self.spec, self.study_dir, report=False)
+                files = failure_files(self.study, self.first_number, self.study_dir)
                 print(
                     f"study {self.spec.name!r} stopped by the failure-rate limit: {why}. "
-                    f"Look at the trials' error.txt under {self.study_dir}, fix the cause, "
-                    "and rerun the same command to resume.",
+                    f"Look at {files}, fix the cause, and rerun the same command to resume.",
                     file=sys.stderr,
                 )
                 return 3
         summarize(self.study, self.spec, self.study_dir, report=self.report)
+        if len(progress(self.study).usable) < n:  # grid points that failed in this run
+            files = failure_files(self.study, self.first_number, self.study_dir)
+            log.warning("failed grid points run again when the study is rerun; see %s", files)
         return 0
 
-    def _ask(self) -> tuple[optuna.Trial, list[str], Path]:
+    def _ask(self) -> tuple[optuna.Trial, list[str], Path] | None:
         """Create (or pop a queued retry of) a trial and draw all its params, under the lock."""
+        if self.spec.grid and not grid_has_next(self.study, self.spec, self.first_number):
+            return None
         number = len(self.study.get_trials(deepcopy=False))  # the next one, under the lock
         self.study.sampler = make_sampler(self.spec, trial_number=number)
         trial = self.study.ask()
@@ -172,42 +185,14 @@ class Driver:
             self._tell(trial, rec, out_dir)
 
     def _tell(self, trial: optuna.Trial, rec: dict, out_dir: Path) -> None:
-        """Failures are results: oom / failed trials end FAIL *with* a status attr (so they count
-        toward n_trials and are never rerun); the samplers leave FAIL trials out of their model."""
-        for key, value in record_attrs(rec, out_dir).items():
-            trial.set_user_attr(key, value)
-        for con in self.spec.constraints:
-            value = con.value(rec)
-            if value is not None:  # not measured (CPU VRAM, pruned early): nothing shows a breach
-                trial.set_constraint(str(con), value)
-        values = objective_values(self.spec, rec)
-        status = rec.get("status")
-        if status == "success" and values is None:
-            metrics = [o.metric for o in self.spec.objectives]
-            trial.set_user_attr("error", f"an objective is missing or not finite: {metrics}")
-        state = TrialState.PRUNED if status == "pruned" else TrialState.FAIL
-        try:
-            if status == "success" and values is not None:
-                self.study.tell(trial, values)
-            else:
-                self.study.tell(trial, state=state)
-        except RuntimeError as e:
-            # GridSampler calls study.stop() after the last grid point, which raises outside
-            # study.optimize (documented for ask-and-tell, optuna#5141). The state is already
-            # stored; the driver's own count ends the loop.
-            if "Study.stop" not in str(e):
-                raise
+        tell(self.study, trial, result_of(self.spec, rec, out_dir))
+        values, status = objective_values(self.spec, rec), rec.get("status")
         log.info(
             "trial %d: %s%s",
             trial.number,
             status,
             f" {values}" if values and status == "success" else f" ({rec.get('error')})",
         )
-
-    def _statuses(self) -> list[str]:
-        """Statuses of the results this run has seen finish (any worker), in trial order."""
-        res = progress(self.study).results
-        return [trial_status(t) for t in res if t.number >= self.first_number]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = load_spec(args.spec, n_trials=args.n_trials, storage=args.storage, name=args.name)
         beat = {"interval": args.heartbeat, "grace": args.grace}
         spec.heartbeat.update({k: v for k, v in beat.items() if v is not None})
+        check_heartbeat(spec.heartbeat)
         base = [*spec.overrides, *args.overrides]
         check_study(spec, base)
         driver = Driver(
@@ -246,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (sqlalchemy.exc.SQLAlchemyError, ImportError) as e:  # a bad or unreachable --storage
-        print(f"error: cannot open the study storage: {type(e).__name__}: {e}", file=sys.stderr)
+        why = hide_passwords((str(e).splitlines() or [""])[0])
+        print(f"error: cannot open the study storage: {type(e).__name__}: {why}", file=sys.stderr)
         return 2
     try:
         return driver.run()

@@ -31,7 +31,11 @@ def read_alpaca_file(path: Path) -> list[dict[str, str]]:
     """
     if not path.is_file():
         raise ConfigError("data.path", str(path), "no such file (Alpaca JSON or JSONL expected)")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        why = f"an Alpaca JSON or JSONL text file; byte {e.start} is not UTF-8"
+        raise ConfigError("data.path", str(path), why) from None
     rows: list[tuple[int, Any]] = []
     if text.lstrip().startswith("["):
         rows = _json_array_rows(text, path)

@@ -27,6 +27,10 @@ MLP = {"gate_proj", "up_proj", "down_proj", "gate_up_proj", "fc1", "fc2", "c_fc"
        "w3", "dense_h_to_4h", "dense_4h_to_h"}  # fmt: skip
 
 
+# what from_pretrained loads from a local dir (sharded: the index and its shards)
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
+
+
 def model_hf_config(mcfg: ModelConfig):
     """The transformers config of the base model, without loading weights."""
     from transformers import AutoConfig
@@ -39,11 +43,16 @@ def model_hf_config(mcfg: ModelConfig):
         path = Path(mcfg.path)
         if not (path / "config.json").is_file():
             raise ConfigError("model.path", mcfg.path, "a local HF model dir with config.json")
+        if not any(next(path.glob(pattern), None) for pattern in WEIGHT_FILES):
+            raise ConfigError("model.path", mcfg.path, f"a dir holding weights: {WEIGHT_FILES}")
         return AutoConfig.from_pretrained(path)
     if mcfg.source == "gguf":
         path = Path(mcfg.path)
         if not path.is_file() or path.suffix != ".gguf":
             raise ConfigError("model.path", mcfg.path, "an existing .gguf file")
+        with open(path, "rb") as f:
+            if f.read(4) != b"GGUF":  # every GGUF file opens with these magic bytes
+                raise ConfigError("model.path", mcfg.path, "a GGUF file (no GGUF magic bytes)")
         return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
     return AutoConfig.from_pretrained(mcfg.path, revision=mcfg.revision)  # hub
 

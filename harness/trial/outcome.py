@@ -1,6 +1,7 @@
 """What a trial's stages leave in its record: training's measurements, the headline score, the
 saved artifacts, and the closing fields every record carries whatever its status."""
 
+import math
 from contextlib import nullcontext
 from datetime import UTC, datetime
 
@@ -47,6 +48,44 @@ def training(rec: dict, meter, model, hf_config, warmup: int) -> None:
     curve = meter.loss_curve
     rec["loss"] = {"curve": curve, "final_train": curve[-1]["loss"] if curve else None,
                    "eval_curve": meter.eval_curve}  # fmt: skip
+
+
+class Diverged(RuntimeError):
+    """Training ran to the end but the model collapsed: its record's status is "diverged"."""
+
+
+def divergence(loss: dict, vocab_size: int | None) -> str | None:
+    """Why a finished training collapsed, or None. ln(vocab_size) is the loss of a uniform guess
+    (10.80 for a 49152 vocab); a collapsed model (e.g. train.lr=1e6) sits there with no gradient.
+
+    Collapsed when either holds:
+      * stuck: over the last half of the curve (>= 2 logged steps) every loss is within 1% of
+        ln(vocab_size) and every grad norm is <= 1e-6 (nothing left to learn from). A random
+        model starts near ln(vocab_size) too, but with a gradient, so it is not stuck;
+      * blown up: the held-out loss is over 1.5 x max(ln(vocab_size), first logged train loss),
+        far worse than guessing uniformly, which no sane training reaches.
+    """
+    if not vocab_size:
+        return None
+    uniform = math.log(vocab_size)
+    curve = loss.get("curve") or []
+    tail = curve[len(curve) // 2 :]
+    stuck = [
+        abs(p["loss"] - uniform) <= 0.01 * uniform and p.get("grad_norm", 1) <= 1e-6 for p in tail
+    ]
+    if len(tail) >= 2 and all(stuck):
+        return (
+            f"training collapsed: loss stuck at ln(vocab_size)={uniform:.5f} with zero gradient "
+            f"norm over the last {len(tail)} logged steps"
+        )
+    first = curve[0]["loss"] if curve else uniform
+    limit = 1.5 * max(uniform, first)
+    if loss.get("eval") is not None and loss["eval"] > limit:
+        return (
+            f"training diverged: held-out loss {loss['eval']:.4g} > {limit:.4g} "
+            f"(1.5 x max(ln(vocab_size), first train loss))"
+        )
+    return None
 
 
 def _add_mfu(rec: dict, hf_config) -> None:

@@ -4,8 +4,9 @@
     train (SFTTrainer) -> evaluate -> save adapter -> record
 
 Failures are results: CUDA OOM -> status "oom" with the memory reached; NaN loss -> "failed";
-pruned -> "pruned"; anything else -> "failed" with its traceback in error.txt. Bad settings are
-refused by `preflight` before any model is loaded.
+a collapsed training (outcome.divergence) -> "diverged"; pruned -> "pruned"; anything else ->
+"failed" with its traceback in error.txt. Bad settings are refused by `preflight` before any
+model is loaded.
 """
 
 import math
@@ -49,8 +50,9 @@ def run_trial(
         phase = mem.failed_phase
         rec.update(status="oom", error=outcome.one_line(e),
                    oom={"phase": phase, **mem.phases.get(phase, {})})  # fmt: skip
-    except (Pruned, NonFiniteLoss) as e:
-        rec.update(status="pruned" if isinstance(e, Pruned) else "failed", error=str(e))
+    except (Pruned, NonFiniteLoss, outcome.Diverged) as e:
+        status = {Pruned: "pruned", NonFiniteLoss: "failed", outcome.Diverged: "diverged"}
+        rec.update(status=status[type(e)], error=str(e))
     except Exception as e:  # noqa: BLE001 - any other failure is recorded, with its traceback
         rec.update(status="failed", error=outcome.one_line(e))
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -115,6 +117,9 @@ def _pipeline(cfg, plan, rec, mem, clock, out_dir, on_eval, pool: BasePool) -> N
             if not math.isfinite(eval_loss):
                 raise NonFiniteLoss(f"non-finite held-out loss {eval_loss}")
             rec["loss"].update(eval=eval_loss, eval_perplexity=math.exp(min(eval_loss, 50)))
+            collapsed = outcome.divergence(rec["loss"], rec["model"]["vocab_size"])
+            if collapsed:  # before lm-eval: nothing to score
+                raise outcome.Diverged(collapsed)
             if not random_weights:
                 rec["lm_eval"] = score_trial(
                     cfg.eval, cfg.data, cfg.train.seed, plan, model, tokenizer, out_dir=out_dir,

@@ -80,8 +80,11 @@ def preflight(cfg: TrialConfig) -> Plan:
     optimizer = choose_optimizer(cfg.optim, device)
     train_examples, heldout_examples = data_mod.load_examples(cfg.data)
     data_dir = Path(cfg.eval.data_dir) if cfg.eval.data_dir else shared_data_dir()
-    if cfg.eval.tasks and cfg.model.source != "random":
-        from harness.evaluate.registry import check_tasks
+    if cfg.eval.tasks:
+        from harness.evaluate.registry import check_task_names, check_tasks
 
-        check_tasks(cfg.eval.tasks, data_dir=data_dir, embedded_dir=None)
+        if cfg.model.source == "random":  # never evaluated, but a misspelt task is still refused
+            check_task_names(cfg.eval.tasks)
+        else:
+            check_tasks(cfg.eval.tasks, data_dir=data_dir, embedded_dir=None)
     return Plan(device, targets, optimizer, hf_config, train_examples, heldout_examples, data_dir)

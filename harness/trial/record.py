@@ -5,7 +5,8 @@ Schema (``schema_version`` 1). Every measurement carries its unit in its name.
     schema_version      1
     trial_id            unique id (uuid4 hex)
     config_hash         sha1 of the canonical resolved config (same settings -> same hash)
-    status              "success" | "oom" | "failed" | "pruned"
+    status              "success" | "oom" | "failed" | "pruned" | "diverged" (trained to the
+                        end but collapsed: harness/trial/outcome.py divergence; never picked)
     error               null | one-line message;  traceback (if any) in ``error.txt`` beside
     started_at, finished_at   ISO-8601 UTC;  started_unix_s: the start in seconds (float)
     pool                {base_reused, data_reused}: what the sweep's pool handed this trial
@@ -32,7 +33,7 @@ Schema (``schema_version`` 1). Every measurement carries its unit in its name.
                         cpu phases:  {peak_rss_gib}   (process RSS; never reported as VRAM)
     peak_vram_reserved_gib   train-phase peak reserved VRAM (null on the CPU)
     peak_vram_allocated_gib  train-phase peak allocated VRAM (null on the CPU)
-    loss                {curve: [{step, loss}], final_train, eval, eval_perplexity,
+    loss                {curve: [{step, loss, grad_norm}], final_train, eval, eval_perplexity,
                          eval_curve: [{step, loss}]}
     lm_eval             {task: {metric: {before, after, delta, stderr_before, stderr_after,
                          higher_is_better}}}     (empty for random-weight models)
@@ -61,7 +62,7 @@ from harness.trial.measure import device_info, environment
 
 SCHEMA_VERSION = 1
 RECORD_NAME = "record.json"
-STATUSES = ("success", "oom", "failed", "pruned")
+STATUSES = ("success", "oom", "failed", "pruned", "diverged")
 
 
 def config_hash(cfg) -> str:

@@ -157,7 +157,10 @@ class MeasureCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kw):
         if logs and "loss" in logs:
             loss = float(logs["loss"])
-            self.loss_curve.append({"step": state.global_step, "loss": loss})
+            point = {"step": state.global_step, "loss": loss}
+            if logs.get("grad_norm") is not None:  # pre-clipping norm (outcome.divergence reads it)
+                point["grad_norm"] = float(logs["grad_norm"])
+            self.loss_curve.append(point)
             if not math.isfinite(loss):
                 self.stop_reason = f"non-finite training loss {loss} at step {state.global_step}"
                 control.should_training_stop = True
