@@ -263,3 +263,17 @@ def short(key: str, val: Any) -> str:
         bare = "." not in key and key in ("model", "quant", "optim")
         return str(val) if bare else f"{key.rsplit('.', 1)[-1]}={val}"
     return fmt(val) if callable(fmt) else fmt.format(val)
+
+
+def read_error(e: Exception) -> str | None:
+    """The one line a reader of records (report, pick) prints for input it cannot read: a missing
+    file, a refused setting, a study storage it cannot open; None for any other error."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from harness.errors import ConfigError
+
+    if isinstance(e, FileNotFoundError | ConfigError):
+        return str(e)
+    if isinstance(e, SQLAlchemyError):  # an unreachable server, a file that is no study database
+        return f"cannot read the study storage: {type(e).__name__}"
+    return None

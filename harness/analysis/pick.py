@@ -16,8 +16,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from harness.analysis.decide import (
     OBJECTIVES,
     Choice,
@@ -32,6 +30,7 @@ from harness.analysis.frame import (
     label_keys,
     load_records,
     metric,
+    read_error,
     records_frame,
     status_counts,
     trial_name,
@@ -81,11 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_numbers(args)
         records = load_records(source) if (args.sweep or args.study) else []
-    except (FileNotFoundError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except SQLAlchemyError as e:  # an unreachable server, a file that is not a study database
-        print(f"error: cannot read the study storage: {type(e).__name__}", file=sys.stderr)
+    except Exception as e:
+        if (why := read_error(e)) is None:
+            raise
+        print(f"error: {why}", file=sys.stderr)
         return 2
     calib = calibrate(records)
     if args.table:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy.exc import SQLAlchemyError
 
 from harness.analysis.decide import Choice, Predictor, decide, pick_predicted
 from harness.analysis.frame import (
@@ -25,13 +24,13 @@ from harness.analysis.frame import (
     load_records,
     load_records_frame,
     metric,
+    read_error,
     records_frame,
     status_counts,
 )
 from harness.analysis.html import render_html, render_markdown
 from harness.analysis.plots import save_plots
 from harness.analysis.style import ReportInputs
-from harness.errors import ConfigError
 from harness.memory.model import (
     PRIOR_ANCHORS,
     calibrate,
@@ -188,11 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         files = build_report(source, out, title=args.title or f"Sweep report: {name}",
                              svg=not args.no_svg)  # fmt: skip
-    except (FileNotFoundError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except SQLAlchemyError as e:  # an unreachable server, a file that is not a study database
-        print(f"error: cannot read the study storage: {type(e).__name__}", file=sys.stderr)
+    except Exception as e:
+        if (why := read_error(e)) is None:
+            raise
+        print(f"error: {why}", file=sys.stderr)
         return 2
     print(f"wrote {len(files)} files to {out}/ (open {files['report.html']})")
     return 0
