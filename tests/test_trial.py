@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from conftest import TINY, load_json, requires_cuda, run_harness
+from conftest import REPO, TINY, load_json, requires_cuda, run_harness
 
 from harness.trial.record import write_record
 
@@ -163,3 +163,20 @@ def test_trial_refuses_an_out_dir_that_holds_a_record_before_any_work(tmp_path):
         run_trial(cfg, tmp_path)
     assert os.listdir(tmp_path) == ["record.json"]  # no trainer dir, adapter or log: no work ran
     assert json.loads((tmp_path / "record.json").read_text()) == {"status": "success"}
+
+
+def test_the_default_trial_runs_where_triton_is_not_installed(tmp_path):
+    """`bash .ci/setup` (no test extra) installs no triton: the plain engine must not import it.
+    The trial runs with `triton` marked missing in sys.modules, as Python sees an absent package
+    (importlib.util.find_spec answers None, an import fails)."""
+    out = tmp_path / "t"
+    run = ("import runpy, sys; sys.modules['triton'] = None; "
+           "sys.argv = ['harness', *sys.argv[1:]]; "
+           "runpy.run_module('harness', run_name='__main__', alter_sys=True)")  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", run, *TINY, "train.max_steps=1", f"out_dir={out}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rec = json.loads((out / "record.json").read_text())
+    assert rec["status"] == "success", (out / "error.txt").read_text()[-2000:]

@@ -206,11 +206,11 @@ def _decoder_modules(model, layers: list, recipes: dict, liger: bool, wide: bool
 
 def _fused_layers(model, dequant: str) -> tuple[int, int]:
     """(adapted Linear layers on the fused op, of them dequantized by the Triton kernel)."""
-    from harness.engine.dequant_triton import Dequantizer
-
     fused = [m for m in model.modules() if lora_layer.is_fused(m)]
     for layer in fused:
         if dequant == "triton" and lora_op.triton_dequant_ok(layer.base_layer):
+            from harness.engine.dequant_triton import Dequantizer  # CUDA engines only: triton
+
             layer.dequant = layer.dequant or Dequantizer()
     return len(fused), sum(layer.dequant is not None for layer in fused)
 
