@@ -72,23 +72,6 @@ def lora_b_random(model, std: float = 0.02):
     return model.train()
 
 
-def tiny_4bit(dropout: float = 0.0, r: int = 8, device: str = "cpu"):
-    """The tiny llama shape through the harness's own load (nf4 + double quant, peft's fp32
-    upcast of the rest) and adapter on every Linear, random lora_B, in train mode."""
-    from harness.config.schema import LoraConfig, QuantConfig
-    from harness.trial import model as models
-
-    torch.manual_seed(0)
-    weights = models._random_weights_dir("tiny-llama", 0)
-    qcfg = QuantConfig(type="nf4", double_quant=True, compute_dtype="bf16")
-    base = models.load_base(str(weights), qcfg, device=device)
-    lcfg = LoraConfig(r=r, alpha=2 * r, dropout=dropout)
-    model = models.attach_adapter(
-        base, lcfg, qcfg, targets="all-linear", checkpointing=False, seed=0
-    )
-    return lora_b_random(model)
-
-
 def loss_and_grads(model, ids):
     """(loss, {name: grad}) of one causal-LM step on `ids`, gradients of trainable params."""
     model.zero_grad()

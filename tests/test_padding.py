@@ -2,7 +2,8 @@
 and gradients (the causal mask already hides trailing padding from every real token)."""
 
 import torch
-from conftest import compose_cfg, tiny_4bit
+from conftest import compose_cfg
+from engine_models import tiny_4bit
 
 from harness.config.schema import to_trial_config
 from harness.trial.train import CountingCollator
