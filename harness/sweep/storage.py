@@ -140,8 +140,8 @@ def _sqlite_wal(url: str) -> None:
 def study_lock(url: str, name: str) -> Iterator[None]:
     """Serialize "count the trials, then ask for one" across every worker of a study, so n_trials
     is never overshot and a grid point never drawn twice. SQLite: a lock file beside the DB
-    (flock; one host, like SQLite itself). PostgreSQL: a session advisory lock. Both are freed
-    by the OS or the server when a holder dies."""
+    (flock; one host, like SQLite itself). PostgreSQL: pg_advisory_lock, held by the connection.
+    Both are freed by the OS or the server when a holder dies."""
     u = sqlalchemy.engine.make_url(url)
     backend = u.get_backend_name()
     if backend == "sqlite" and u.database not in (None, "", ":memory:"):
