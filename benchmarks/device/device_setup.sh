@@ -7,8 +7,17 @@ _hds_main() {
         echo "device_setup: no .whl/*.whl here (run from repo root, carry .whl)" >&2
         return 1
     fi
+    # .whl-unsloth/ (carried, optional): engine=unsloth's extra. Its trl 1.15 and datasets 4.8
+    # replace .whl's, so every configuration of that call runs on the same trl and datasets.
+    local wheels=() w name
+    for w in .whl/*.whl; do
+        name=$(basename "$w" | cut -d- -f1)
+        ls .whl-unsloth/"$name"-*.whl >/dev/null 2>&1 || wheels+=("$w")
+    done
+    ls .whl-unsloth/*.whl >/dev/null 2>&1 && wheels+=(.whl-unsloth/*.whl) \
+        && export HF_HUB_OFFLINE=1 UNSLOTH_DISABLE_STATISTICS=1
     python3 -m pip install -q --no-index --no-deps --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || { echo "device_setup: pip install failed" >&2; return 1; }
+        --target /tmp/site "${wheels[@]}" || { echo "device_setup: pip install failed" >&2; return 1; }
     export PYTHONPATH=/tmp/site HARNESS_CACHE=/tmp/hcache PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
     # .devcache/ (carried): the embedded tokenizer files, which random-weight shapes borrow
     if [ -d .devcache/models ]; then mkdir -p /tmp/hcache && cp -r .devcache/models /tmp/hcache/; fi
@@ -20,6 +29,11 @@ print(f"torch={torch.__version__} transformers={transformers.__version__} peft={
       f"bitsandbytes={bitsandbytes.__version__} trl={trl.__version__} datasets={datasets.__version__} "
       f"hydra={hydra.__version__} liger_kernel={version('liger-kernel')} triton={triton.__version__} "
       f"device={dev}")
+for extra in ("unsloth", "unsloth_zoo"):
+    try:
+        print(f"{extra}={version(extra)}")
+    except Exception:
+        pass
 PY
 }
 _hds_main

@@ -119,12 +119,14 @@ def run_suite(
         bench: the benchmark file.
         configs: the configurations to run (references first: `BenchFile.select`).
         root: the records root; the run lands in `root/<suite>/<run-id>/`.
-        launcher: the trial command before its overrides; default `python -m harness`.
+        launcher: the trial command before its overrides; default `python -m harness` (the
+            `loop` runner's configurations run `python -m harness.benchmark.loop`).
 
     Returns:
         The run folder and the names of the configurations that left no record.
     """
-    launcher = launcher or [sys.executable, "-m", "harness"]
+    launchers = {"trial": launcher or [sys.executable, "-m", "harness"],
+                 "loop": [sys.executable, "-m", "harness.benchmark.loop"]}  # fmt: skip
     device = device_name([*bench.shared, *configs[0].overrides])
     started = datetime.now(UTC)
     run_dir = root / bench.suite / f"{started:%Y%m%dT%H%M%SZ}-{_slug(device)}"
@@ -142,7 +144,12 @@ def run_suite(
         "started_at": started.isoformat(timespec="seconds"),
         "shared": list(bench.shared),
         "configurations": [
-            {"name": c.name, "overrides": list(c.overrides), "reference": c.reference}
+            {
+                "name": c.name,
+                "overrides": list(c.overrides),
+                "reference": c.reference,
+                "runner": c.runner,
+            }
             for c in configs
         ],
     }
@@ -150,7 +157,8 @@ def run_suite(
     missing = []
     for i, config in enumerate(configs, 1):
         t0 = time.perf_counter()
-        rec = _run_one(launcher, [*bench.shared, *config.overrides], run_dir / config.name)
+        overrides = [*bench.shared, *config.overrides]
+        rec = _run_one(launchers[config.runner], overrides, run_dir / config.name)
         wall = time.perf_counter() - t0
         print(
             f"[{i}/{len(configs)}] {config.name}: {record_summary(rec)} ({wall:.0f} s)", flush=True

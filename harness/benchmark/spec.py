@@ -7,6 +7,9 @@
       - name: fast_no_trim
         overrides: [engine=fast, engine.trim_recompute=false]
         reference: fast      # what its ratios are taken against; default: plain
+      - name: loop
+        overrides: []
+        runner: loop         # the hand-written reference loop (harness/benchmark/loop.py)
 
 A reference must come earlier in the file, so it runs first. The file's stem names its records
 folder (`benchmarks/records/<stem>/`) and its table in BENCHMARKS.md.
@@ -19,7 +22,8 @@ from pathlib import Path
 import yaml
 
 FILE_KEYS = ("shared", "configurations")
-CONFIG_KEYS = ("name", "overrides", "reference")
+CONFIG_KEYS = ("name", "overrides", "reference", "runner")
+RUNNERS = ("trial", "loop")  # python -m harness | python -m harness.benchmark.loop
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a folder name
 SET_BY_RUNNER = ("out_dir", "hydra.run.dir")  # each trial's record dir
 
@@ -36,6 +40,7 @@ class Configuration:
     name: str
     overrides: tuple[str, ...]
     reference: str | None  # None: the configuration the others are measured against
+    runner: str = "trial"  # trial: a harness trial | loop: the hand-written reference loop
 
 
 @dataclass(frozen=True)
@@ -122,7 +127,10 @@ def _configuration(
         raise BenchFileError(
             f"{path}: {where}.reference={ref!r}: allowed: an earlier configuration ({allowed})"
         )
-    return Configuration(name, overrides, ref)
+    runner = item.get("runner", "trial")
+    if runner not in RUNNERS:
+        raise BenchFileError(f"{path}: {where}.runner={runner!r}: allowed: {', '.join(RUNNERS)}")
+    return Configuration(name, overrides, ref, runner)
 
 
 def _known_keys(path: Path, prefix: str, data: dict, allowed: tuple[str, ...]) -> None:

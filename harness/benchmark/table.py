@@ -21,7 +21,7 @@ SECTION = re.compile(
 )
 HEADER = (
     "run", "configuration", "device", "tokens/s", "against", "tokens/s ×",
-    "reserved GiB", "reserved ×", "MFU", "steps (warm-up)",
+    "reserved GiB", "reserved ×", "tokens/s × loop", "reserved × loop", "MFU", "steps (warm-up)",
 )  # fmt: skip
 
 
@@ -54,12 +54,24 @@ def render_suite(root: Path, suite: str) -> str:
     rows = []
     for run_dir in run_dirs(root, suite):
         manifest, records = load_run(run_dir)
+        # the hand-written reference loop (runner: loop) beside each reference: the second
+        # yardstick of every configuration measured against that reference
+        loops = {c.get("reference"): c["name"] for c in manifest["configurations"]
+                 if c.get("runner") == "loop"}  # fmt: skip
         for config in manifest["configurations"]:
+            loop = records.get(loops.get(config.get("reference") or config["name"], ""))
             ref = config.get("reference")
             if ref is not None and ref not in records:
                 raise BenchFileError(f"{run_dir / MANIFEST}: reference {ref!r} is not in this run")
             rows.append(
-                _row(run_dir.name, config["name"], records[config["name"]], ref, records.get(ref))
+                _row(
+                    run_dir.name,
+                    config["name"],
+                    records[config["name"]],
+                    ref,
+                    records.get(ref),
+                    loop,
+                )
             )
     if not rows:
         return f"No records under `benchmarks/records/{suite}/`.\n"
@@ -71,10 +83,13 @@ def _line(cells) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def _row(run_id: str, name: str, rec: dict | None, ref_name: str | None, ref: dict | None):
+def _row(
+    run_id: str, name: str, rec: dict | None, ref_name: str | None, ref: dict | None,
+    loop: dict | None = None,
+):  # fmt: skip
     head = [run_id, f"`{name}`"]
     if rec is None:
-        return [*head, "-", "no record", *["-"] * 6]
+        return [*head, "-", "no record", *["-"] * (len(HEADER) - 4)]
     tp, status = rec.get("throughput") or {}, rec.get("status")
     tokens, reserved = _tokens(rec), _reserved(rec)
     mfu = tp.get("mfu")
@@ -87,6 +102,8 @@ def _row(run_id: str, name: str, rec: dict | None, ref_name: str | None, ref: di
         _ratio(tokens, _tokens(ref), ref_name, 2),
         f"{reserved:.2f}" if reserved is not None else "-",
         _ratio(reserved, _reserved(ref), ref_name, 3),
+        _ratio(tokens, _tokens(loop), "loop", 2) if loop else "-",
+        _ratio(reserved, _reserved(loop), "loop", 3) if loop else "-",
         f"{100 * mfu:.1f}%" if mfu and tokens else "-",
         f"{steps} ({tp.get('warmup_steps', '-')})" if steps else "-",
     ]

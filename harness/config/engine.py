@@ -20,6 +20,10 @@ DEQUANT_KERNELS = ("bnb", "triton")
 FROZEN_DTYPES = ("fp32", "bf16")
 RESIDUAL_DTYPES = ("auto", "fp32")
 PROJECTION_DTYPES = ("auto", "fp32")
+# harness: the levers below, the harness's own modules | unsloth: Unsloth's loading and kernels
+# (harness/engine/unsloth.py), the peer measured side by side; it takes no harness lever
+BACKENDS = ("harness", "unsloth")
+UNSLOTH_KEYS = ("name", "backend", "checkpointing", "memory_cap_gib", "gc_freeze")
 
 
 def recompute_fraction(mode: str, fraction: float | None) -> float:
@@ -35,6 +39,7 @@ class EngineConfig:
     """Speed and memory levers. Same loss function, data and optimizer under every engine."""
 
     name: str = "plain"  # the preset this started from (conf/engine/<name>.yaml); a label
+    backend: str = "harness"  # harness | unsloth (an optional extra, CUDA only)
     kernels: str = "none"  # none | liger: Triton RMSNorm, SwiGLU and RoPE (CUDA)
     lora_kernel: str = "peft"  # peft | fused: each adapted Linear as one autograd op
     dequant_kernel: str = "bnb"  # bnb | triton: the fused op's 4-bit dequant in one kernel (CUDA)
@@ -73,8 +78,15 @@ class EngineConfig:
                              ("kernels", KERNELS), ("lora_kernel", LORA_KERNELS),
                              ("dequant_kernel", DEQUANT_KERNELS), ("frozen_dtype", FROZEN_DTYPES),
                              ("residual_dtype", RESIDUAL_DTYPES),
-                             ("projection_dtype", PROJECTION_DTYPES)):  # fmt: skip
+                             ("projection_dtype", PROJECTION_DTYPES),
+                             ("backend", BACKENDS)):  # fmt: skip
             one_of(f"engine.{key}", getattr(self, key), allowed)
+        if self.backend == "unsloth":
+            plain = EngineConfig()
+            for key in self.__dataclass_fields__:
+                if key not in UNSLOTH_KEYS and getattr(self, key) != getattr(plain, key):
+                    why = f"{getattr(plain, key)}: engine.backend=unsloth takes no harness lever"
+                    raise ConfigError(f"engine.{key}", getattr(self, key), why)
         if self.checkpoint_fraction is not None and not 0 < self.checkpoint_fraction <= 1:
             raise ConfigError("engine.checkpoint_fraction", self.checkpoint_fraction, "in (0, 1]")
         if not isinstance(self.host_layers, int) or self.host_layers < 0:
@@ -107,5 +119,6 @@ class EngineConfig:
             "embeddings_on_cpu": self.embeddings_on_cpu,
             "head_on_cpu": self.head_on_cpu,
             "memory_cap_gib": self.memory_cap_gib,
+            "backend": self.backend == "unsloth",
         }
         return {key: getattr(self, key) for key, used in on.items() if used}

@@ -61,7 +61,7 @@ __all__ = ["build", "check", "install_process_patches", "installed_patches", "lo
 _ON_CPU = {  # what each CUDA-only lever may be on a CPU trial
     "kernels": "none", "dequant_kernel": "bnb", "checkpointing": "none, full or selective",
     "host_layers": "0", "embeddings_on_cpu": "false", "head_on_cpu": "false",
-    "memory_cap_gib": "null",
+    "memory_cap_gib": "null", "backend": "harness",
 }  # fmt: skip
 _HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
           "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called", "_backward_hooks",
@@ -264,3 +264,31 @@ def _host_head(model, head: nn.Linear) -> HostHead:
     decoder.register_forward_pre_hook(new.prefetch)
     decoder.register_forward_hook(new.drop_after_backward)
     return new
+
+
+def build_unsloth(cfg, weights: str, tokenizer: str, targets) -> tuple[object, dict]:
+    """`engine.backend=unsloth`: the adapted model from Unsloth (harness/engine/unsloth.py), and
+    what the record keeps under `levers`. The tokenizer stays the harness's (same data)."""
+    from harness.engine import unsloth
+
+    install_process_patches(cfg.engine)  # marks the process: the next trial needs its own
+    model, _ = unsloth.load(
+        weights, tokenizer, ecfg=cfg.engine, lcfg=cfg.lora, qcfg=cfg.quant, targets=targets,
+        seed=cfg.train.seed, max_seq_len=cfg.data.max_seq_len,
+    )  # fmt: skip
+    levers = {"backend": "unsloth", "unsloth": _version("unsloth"),
+              "checkpointing": unsloth.CHECKPOINTING[cfg.engine.checkpointing]}  # fmt: skip
+    levers["memory_cap_gib"] = cfg.engine.memory_cap_gib if installed_patches() else None
+    layers = model.config.num_hidden_layers  # for MFU's recompute term: all or none recomputed
+    recomputed = layers if cfg.engine.checkpointing != "none" else 0
+    levers.update(num_layers=layers, checkpointed_layers=recomputed)
+    return model, levers
+
+
+def _version(pkg: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(pkg)
+    except PackageNotFoundError:
+        return None

@@ -18,10 +18,14 @@ _INSTALLED: set[str] = set()  # this process's; never cleared
 
 
 def process_patches(ecfg: EngineConfig) -> frozenset[str]:
-    """The process-wide settings `ecfg` needs, named (e.g. {"memory_cap_gib=6.4"})."""
-    if ecfg.memory_cap_gib is None:
-        return frozenset()
-    return frozenset({f"memory_cap_gib={ecfg.memory_cap_gib:g}"})
+    """The process-wide settings `ecfg` needs, named (e.g. {"memory_cap_gib=6.4"}). Unsloth
+    patches transformers' model classes for the whole process: a trial after it needs its own."""
+    want = set()
+    if ecfg.memory_cap_gib is not None:
+        want.add(f"memory_cap_gib={ecfg.memory_cap_gib:g}")
+    if ecfg.backend != "harness":
+        want.add(f"backend={ecfg.backend}")
+    return frozenset(want)
 
 
 def installed_patches() -> frozenset[str]:
@@ -43,4 +47,5 @@ def install_process_patches(ecfg: EngineConfig) -> None:
     if ecfg.memory_cap_gib is not None and torch.cuda.is_available():
         total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, ecfg.memory_cap_gib * 2**30 / total))
+    if torch.cuda.is_available():  # on a CPU, no cap was installed (and no CUDA backend runs)
         _INSTALLED.update(want)

@@ -70,16 +70,19 @@ def _pipeline(cfg, plan, rec, mem, clock, out_dir, on_eval, pool: BasePool) -> N
         with mem.phase("load"), clock("load"):
             weights, tok_src, random_weights = models.weights_source(cfg.model, seed=cfg.train.seed)
             tokenizer = models.load_tokenizer(tok_src)
-            base = lease.base or models.load_base(weights, cfg.quant, device=plan.device)
             rec["pool"] = {"base_reused": lease.base is not None, "data_reused": False}
-            model = models.attach_adapter(
-                base, cfg.lora, cfg.quant, targets=plan.targets, seed=cfg.train.seed,
-                checkpointing=cfg.engine.checkpointing != "none",
-                custom_modules=engine.lora_modules(cfg.engine),
-            )  # fmt: skip
-            rec["levers"] = engine.build(
-                model, cfg.engine, compute_dtype=models.DTYPES[cfg.quant.compute_dtype]
-            )
+            if cfg.engine.backend == "unsloth":  # the peer: its loading, kernels and adapter
+                model, rec["levers"] = engine.build_unsloth(cfg, weights, tok_src, plan.targets)
+            else:
+                base = lease.base or models.load_base(weights, cfg.quant, device=plan.device)
+                model = models.attach_adapter(
+                    base, cfg.lora, cfg.quant, targets=plan.targets, seed=cfg.train.seed,
+                    checkpointing=cfg.engine.checkpointing != "none",
+                    custom_modules=engine.lora_modules(cfg.engine),
+                )  # fmt: skip
+                rec["levers"] = engine.build(
+                    model, cfg.engine, compute_dtype=models.DTYPES[cfg.quant.compute_dtype]
+                )
             release_cached_memory(collect=False)  # what the engine cast or moved away
         rec["model"] = models.shape_summary(
             cfg.model, plan.hf_config, random_weights=random_weights

@@ -75,6 +75,10 @@ def preflight(cfg: TrialConfig) -> Plan:
     targets = models.resolve_targets(cfg.lora, models.linear_module_names(hf_config))
     check_quant(cfg.quant, device)
     levers.check(cfg.engine, device, num_layers=getattr(hf_config, "num_hidden_layers", None))
+    if cfg.engine.backend == "unsloth":
+        from harness.engine.unsloth import check as check_unsloth
+
+        check_unsloth(cfg.engine, cfg.lora, cfg.quant, device)
     for path in cfg.train.callbacks:
         load_callback(path)
     optimizer = choose_optimizer(cfg.optim, device)
