@@ -10,9 +10,8 @@ bf16-autocast steps on random tokens: H100 80GB, torch 2.11, transformers 5.17, 
 bitsandbytes 0.50.2, random weights in each model's published shape.
 """
 
+from harness.memory.records import Point
 from harness.memory.terms import Setting, Shape
-
-Point = tuple[Shape, Setting, float, str]  # shape, setting, measured peak reserved GiB, label
 
 LLAMA3_8B = Shape.named("llama3-8b")
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -44,7 +43,8 @@ _PROBE = (
 def _point(name: str, changes: dict, peak: float, source: str) -> Point:
     parts = " ".join(f"{k}={'attention' if v == ATTENTION else v}" for k, v in changes.items())
     label = f"{source}: H100 {name} {parts}".strip()
-    return Shape.named(name), Setting(**changes), peak, label
+    # random tokens (the probe) and the published recipe's full rows: no padding mask
+    return Shape.named(name), Setting(**changes, causal_padding=True), peak, label
 
 
 PRIOR_ANCHORS: tuple[Point, ...] = tuple(_point(*row, "published") for row in _PUBLISHED) + tuple(

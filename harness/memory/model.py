@@ -1,28 +1,42 @@
-"""Predict peak reserved VRAM of a fine-tuning setting, calibrated on measured records.
+"""Predict peak reserved VRAM of a fine-tuning setting, calibrated on measured CUDA records.
 
-The byte counts come from ``memory_terms`` (weights, quantization constants, adapter, grads,
-optimizer states, activations, logits). Calibration scales the two uncertain terms and adds a
-constant overhead (allocator slack, cuBLAS workspace, dequantization buffers):
-``total = static + a*activations + b*logits + c``, a ridge least-squares fit towards the
-first-principles priors (see ``memory_fit``). The CUDA context (~0.3-0.6 GiB) is outside torch's
+    total = weights + quant constants + adapters + optimizer states   (counted: terms.py)
+          + a*activations + b*logits + overhead                      (allocated: activations.py)
+          + the allocator's slack over allocated                     (allocator.py)
+          capped at engine.memory_cap_gib
+
+The factors are a ridge least-squares fit (fit.py) on the repo's committed CUDA records, the
+built-in H100 probe anchors and the records a command is given. Its error is leave-one-out: each
+record predicted by a fit without it. The CUDA context (~0.3-0.6 GiB) is outside torch's
 reserved figure; pick's safety margin covers it.
+
+Every successful CUDA record counts, read as what it ran (records.py): a harness trial by its
+engine and levers; the reference loop (``runner: loop``) as bf16 frozen weights, full recompute
+and HF's loss on materialised logits. Left out (``records.describes``): Unsloth trials
+(``engine.backend=unsloth``), a peer that is measured but never picked, whose qwen2.5-1.5b
+record the count misses by 12.7%; and TRL's activation offloading in records that predate the
+harness's own.
+
+    python -m harness.memory.model      # the leave-one-out table over the repo's records
 """
 
+import sys
 from dataclasses import replace
 from typing import Any
 
-from harness.config.migrate import effective_engine, migrate_record
-from harness.memory.anchors import LLAMA3_8B, PRIOR_ANCHORS, Point
-from harness.memory.fit import Calibration, fit_terms, split_holdout, summarise_errors
-from harness.memory.terms import (
-    GIB,
-    Setting,
-    Shape,
-    activation_bytes,
-    logits_bytes,
-    off_peak_bytes,
-    static_bytes,
+from harness.memory.activations import activation_bytes, logits_bytes
+from harness.memory.allocator import apply_cap, slack_terms
+from harness.memory.anchors import LLAMA3_8B, PRIOR_ANCHORS
+from harness.memory.fit import TERMS, Calibration, Row, error_line, fit_terms, summarise_errors
+from harness.memory.records import (
+    Point,
+    measured_points,
+    repo_records,
+    setting_from_config,
+    setting_from_record,
+    shape_from_record,
 )
+from harness.memory.terms import GIB, Setting, Shape, off_peak_bytes, static_bytes
 
 __all__ = [
     "LLAMA3_8B",
@@ -32,7 +46,11 @@ __all__ = [
     "Shape",
     "calibrate",
     "error_report",
+    "measured_points",
     "predict_peak_gib",
+    "setting_from_config",
+    "setting_from_record",
+    "shape_from_record",
 ]
 
 
@@ -43,172 +61,121 @@ def predict_peak_gib(
 
     Args:
         shape: model shape.
-        setting: what moves memory (quant, r, targets, batch, seq, checkpointing, optimizer...).
-        calib: fitted factors; None: the built-in prior (H100 anchors, harness/memory_anchors.py).
+        setting: what moves memory (quant, r, targets, batch, seq, checkpointing, levers...).
+        calib: fitted factors; None: the built-in calibration (``prior_calibration``).
 
     Returns:
         {weights, quant_constants, lora_params, grads, optimizer_states, activations, logits,
-        overhead, total, not_counted}; activations and logits include the calibration factors;
-        ``not_counted`` (LoRA grads, paged optimizer states) is shown but outside ``total``.
+        overhead, total, tensors_gib, not_counted}: activations and logits with their factors;
+        overhead is the fitted constant, the allocator's slack and any memory carried over from
+        an earlier trial; tensors_gib is the allocated peak; ``not_counted`` (LoRA grads, paged
+        optimizer states) is shown but outside ``total``. Under a cap that binds, ``total`` is
+        the cap and ``uncapped_total`` and ``exceeds_cap`` (an OOM) come with it.
     """
     calib = calib or prior_calibration()
+    c = dict(zip(TERMS, calib.coef, strict=True))
     out = {k: v / GIB for k, v in static_bytes(shape, setting).items()}
-    out["activations"] = calib.act_factor * activation_bytes(shape, setting) / GIB
-    out["logits"] = calib.logits_factor * logits_bytes(shape, setting) / GIB
-    out["overhead"] = calib.overhead_gib
+    out["activations"] = c["activations"] * activation_bytes(shape, setting) / GIB
+    out["logits"] = c["logits"] * logits_bytes(shape, setting) / GIB
+    slack = sum(c[k] * v for k, v in slack_terms(shape, setting).items())
+    out["overhead"] = c["overhead"] + setting.carried_gib + slack
     out["total"] = sum(out.values())
-    cap = setting.memory_cap_gib
-    if cap is not None and out["total"] > cap:
-        # engine.memory_cap_gib: the allocator frees its cache rather than pass the cap, so the
-        # overhead (slack) gives way; tensors do not: past the cap they are an OOM
-        tensors = out["total"] - max(out["overhead"], 0.0)
-        out["uncapped_total"] = out["total"]
-        out["total"] = max(cap, tensors)
-        out["exceeds_cap"] = tensors > cap
+    out["tensors_gib"] = out["total"] - slack
+    out = apply_cap(out, setting.memory_cap_gib)
     out["not_counted"] = off_peak_bytes(shape, setting) / GIB  # informational, not in total
     return out
 
 
-def terms_gib(shape: Shape, setting: Setting) -> tuple[float, float, float]:
-    """(static, activations, logits) in GiB before calibration: the regressors of the fit."""
-    static = sum(static_bytes(shape, setting).values()) / GIB
-    return static, activation_bytes(shape, setting) / GIB, logits_bytes(shape, setting) / GIB
+def fit_row(shape: Shape, setting: Setting, measured: float) -> Row:
+    """(counted fixed GiB, the ``TERMS`` quantities in GiB, measured): one row of the fit."""
+    fixed = sum(static_bytes(shape, setting).values()) / GIB + setting.carried_gib
+    slack = slack_terms(shape, setting)
+    terms = {"activations": activation_bytes(shape, setting) / GIB,
+             "logits": logits_bytes(shape, setting) / GIB, "overhead": 1.0, **slack}  # fmt: skip
+    return fixed, tuple(terms[t] for t in TERMS), measured
 
 
-def shape_from_record(model: dict[str, Any]) -> Shape | None:
-    """Shape from a record's ``model`` block (None if a field is missing)."""
-    keys = ("hidden_size", "num_layers", "intermediate_size", "vocab_size", "num_heads")
-    if any(model.get(k) is None for k in keys):
-        return None
-    return Shape(
-        **{k: int(model[k]) for k in keys},
-        num_kv_heads=int(model.get("num_kv_heads") or model["num_heads"]),
-        tie_embeddings=bool(model.get("tie_word_embeddings", False)),
+def builtin_points() -> list[Point]:
+    """The repo's committed CUDA records as points (``records.REPO_RECORDS``)."""
+    return measured_points(repo_records())
+
+
+def all_points(records: list[dict[str, Any]]) -> list[Point]:
+    """The built-in points and those of ``records`` that are not among them (by trial id)."""
+    known = {r.get("trial_id") for r in repo_records()}
+    return builtin_points() + measured_points(
+        [r for r in records if r.get("trial_id") not in known]
     )
-
-
-def setting_from_record(rec: dict[str, Any]) -> Setting:
-    """Setting of a trial record: its config, and whether it trained through a chunked LM head
-    (``levers.chunked_loss``, recorded since the harness detects TRL's fused LM head)."""
-    chunked = bool((rec.get("levers") or {}).get("chunked_loss", False))
-    config = {**migrate_record(rec)["config"], "engine": effective_engine(rec)}
-    return setting_from_config(config, chunked_loss=chunked)
-
-
-def setting_from_config(cfg: dict[str, Any], *, chunked_loss: bool = False) -> Setting:
-    """Setting from a record's resolved ``config`` (nested by group); missing keys keep defaults.
-
-    4-bit records get ``upcast_frozen``: that is what the harness's loading path does.
-    """
-    q, lo = cfg.get("quant", {}), cfg.get("lora", {})
-    o, d, t = cfg.get("optim", {}), cfg.get("data", {}), cfg.get("train", {})
-    e = cfg.get("engine", {})
-    targets = lo.get("targets", "all-linear")
-    base = Setting()
-    return replace(
-        base,
-        quant=q.get("type", base.quant),
-        double_quant=bool(q.get("double_quant", base.double_quant)),
-        r=int(lo.get("r", base.r)),
-        targets=targets if isinstance(targets, str) else tuple(targets),
-        variant=lo.get("variant", base.variant),
-        lora_dtype=lo.get("dtype", base.lora_dtype),
-        dropout=float(lo.get("dropout", base.dropout)),
-        batch_size=int(t.get("batch_size", base.batch_size)),
-        seq_len=int(d.get("max_seq_len", base.seq_len)),
-        checkpointing=e.get("checkpointing", base.checkpointing),
-        optimizer=o.get("name", base.optimizer),
-        kernels=e.get("kernels", base.kernels),
-        # harness/models.py runs prepare_model_for_kbit_training on every 4-bit model;
-        # engine.frozen_dtype=bf16 casts its fp32 copies back.
-        upcast_frozen=q.get("type", base.quant) in ("nf4", "fp4")
-        and e.get("frozen_dtype", "fp32") == "fp32",
-        residual_fp32=e.get("residual_dtype", "auto") == "fp32",
-        projections_fp32=e.get("projection_dtype", "auto") == "fp32",
-        lora_kernel=e.get("lora_kernel", base.lora_kernel),
-        checkpoint_fraction=_fraction(e.get("checkpoint_fraction", base.checkpoint_fraction)),
-        slim_activations=bool(e.get("slim_activations", base.slim_activations)),
-        kept_layers=str(e.get("kept_layers", base.kept_layers)),
-        host_layers=int(e.get("host_layers", base.host_layers) or 0),
-        embeddings_on_cpu=bool(e.get("embeddings_on_cpu", base.embeddings_on_cpu)),
-        head_on_cpu=bool(e.get("head_on_cpu", base.head_on_cpu)),
-        chunked_loss=chunked_loss,
-        memory_cap_gib=_fraction(e.get("memory_cap_gib")),
-        causal_padding=bool(e.get("causal_padding", False)),
-    )
-
-
-def measured_points(records: list[dict[str, Any]]) -> list[Point]:
-    """(shape, setting, measured peak reserved GiB, label) of successful CUDA records; not those
-    run under engine.memory_cap_gib, whose peak is the cap's doing, not the setting's."""
-    points = []
-    for rec in records:
-        peak = rec.get("peak_vram_reserved_gib")
-        shape = shape_from_record(rec.get("model") or {})
-        if rec.get("status") != "success" or peak is None or shape is None:
-            continue
-        setting = setting_from_record(rec)
-        if setting.memory_cap_gib is not None:
-            continue
-        label = rec.get("_label") or rec.get("trial_id", "?")
-        points.append((shape, setting, float(peak), label))
-    return points
 
 
 def calibrate(records: list[dict[str, Any]], *, use_priors: bool = True) -> Calibration:
-    """Fit activation and logit factors and a constant overhead on measured CUDA records.
+    """Fit the factors on the repo's CUDA records, the given ones and the built-in anchors.
 
     Args:
         records: trial records; only successful ones with a CUDA peak and a model shape count.
-        use_priors: also fit the built-in H100 anchors (published + probe, memory_anchors.py).
+        use_priors: also fit the built-in H100 anchors (published + probe, anchors.py).
 
     Returns:
-        The fitted factors, with how many records and priors they rest on.
+        The fitted factors, with how many records and anchors they rest on.
     """
-    return _fit(measured_points(records), use_priors=use_priors)
+    points = all_points(records)
+    return replace(_fit(points, use_priors=use_priors), error=loo_report(points)["line"])
 
 
 def _fit(points: list[Point], *, use_priors: bool = True) -> Calibration:
+    """Records run under a memory cap do not calibrate: their peak is the cap's doing."""
+    fitted = [p for p in points if p[1].memory_cap_gib is None]
     priors = list(PRIOR_ANCHORS) if use_priors else []
-    rows = [(*terms_gib(sh, st), peak) for sh, st, peak, _ in points + priors]
-    return fit_terms(rows, n_records=len(points), n_priors=len(priors))
+    rows = [fit_row(sh, st, peak) for sh, st, peak, _ in fitted + priors]
+    return fit_terms(rows, n_records=len(fitted), n_priors=len(priors))
 
 
 _PRIOR: list[Calibration] = []
 
 
 def prior_calibration() -> Calibration:
-    """Calibration on the built-in anchors only (cached)."""
+    """Calibration on the built-in anchors and the repo's committed records (cached)."""
     if not _PRIOR:
-        _PRIOR.append(_fit([]))
+        points = builtin_points()
+        _PRIOR.append(replace(_fit(points), error=loo_report(points)["line"]))
     return _PRIOR[0]
 
 
-def error_report(
-    records: list[dict[str, Any]], holdout_frac: float = 0.3, seed: int = 0
-) -> dict[str, Any]:
-    """Mean absolute % error of predictions on held-out measured records.
+def error_report(records: list[dict[str, Any]], *, by_setting: bool = False) -> dict[str, Any]:
+    """Leave-one-out error of the predicted peak over every measured CUDA record.
 
-    Calibrates on the rest (plus the priors) and predicts the held-out ones. With no measured CUDA
-    record, the anchors are scored leave-one-out, and ``basis`` says so.
+    Each record (the repo's and the given ones) is predicted by a fit on all the others and the
+    anchors; with ``by_setting``, on all records of other settings (repeats of the same shape and
+    setting, capped or not, left out with it). With no CUDA record at all, the anchors are scored
+    leave-one-out, and ``basis`` says so.
 
     Returns:
-        {basis, n_fit, n_holdout, mape_pct, max_ape_pct, rows: [{label, measured_gib,
-        predicted_gib, error_pct}]}
+        {basis, n_fit, n_holdout, median_ape_pct, mape_pct, max_ape_pct, rows: [{label,
+        measured_gib, predicted_gib, error_pct}]}
     """
-    points = measured_points(records)
+    return loo_report(all_points(records), by_setting=by_setting)
+
+
+def loo_report(points: list[Point], *, by_setting: bool = False) -> dict[str, Any]:
+    """``error_report`` of these points."""
     if not points:
-        rows = [point_error(a, _loo(k)) for k, a in enumerate(PRIOR_ANCHORS)]
-        return summarise_errors(rows, "built-in anchors, leave-one-out (no local CUDA record)", 0)
-    fit_idx, hold_idx = split_holdout(len(points), holdout_frac, seed)
-    calib = _fit([points[i] for i in fit_idx])
-    rows = [point_error(points[i], calib) for i in hold_idx]
-    return summarise_errors(rows, f"{len(hold_idx)} held-out CUDA records", len(fit_idx))
+        rows = [point_error(a, _loo_anchor(k)) for k, a in enumerate(PRIOR_ANCHORS)]
+        return summarise_errors(rows, "built-in anchors, leave-one-out (no CUDA record)", 0)
+    key = [_setting_key(p) if by_setting else k for k, p in enumerate(points)]
+    rows = [point_error(p, _fit([q for j, q in enumerate(points) if key[j] != key[k]]))
+            for k, p in enumerate(points)]  # fmt: skip
+    what = f"{len(set(key))} settings of " if by_setting else ""
+    basis = f"leave-one-out over {what}{len(points)} CUDA records"
+    return summarise_errors(rows, basis, len(points) - 1)
 
 
-def _loo(k: int) -> Calibration:
+def _setting_key(point: Point) -> tuple[Shape, Setting]:
+    return point[0], replace(point[1], carried_gib=0.0, memory_cap_gib=None)
+
+
+def _loo_anchor(k: int) -> Calibration:
     others = PRIOR_ANCHORS[:k] + PRIOR_ANCHORS[k + 1 :]
-    rows = [(*terms_gib(sh, st), peak) for sh, st, peak, _ in others]
+    rows = [fit_row(sh, st, peak) for sh, st, peak, _ in others]
     return fit_terms(rows, n_records=0, n_priors=len(rows))
 
 
@@ -224,5 +191,23 @@ def point_error(point: Point, calib: Calibration) -> dict[str, Any]:
     }
 
 
-def _fraction(value) -> float | None:
-    return None if value is None else float(value)
+def error_table(err: dict[str, Any]) -> str:
+    """Markdown: one row per record, worst first, under the summary line."""
+    lines = [f"Memory model: {error_line(err)}; mean {err['mape_pct']:.1f}%.", "",
+             "| record | measured GiB | predicted GiB | error |",
+             "| --- | --- | --- | --- |"]  # fmt: skip
+    for r in sorted(err["rows"], key=lambda r: -abs(r["error_pct"])):
+        lines.append(f"| `{r['label']}` | {r['measured_gib']:.2f} | {r['predicted_gib']:.2f} | "
+                     f"{r['error_pct']:+.1f}% |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> int:
+    print(error_table(error_report([])))
+    print(f"\nBy setting: {error_line(error_report([], by_setting=True))}.")
+    print(f"Factors: {prior_calibration().describe()}.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,9 +5,10 @@ python -m harness.pick --table
 
 from dataclasses import replace
 
+from harness.memory.activations import logits_bytes
 from harness.memory.fit import Calibration
 from harness.memory.model import predict_peak_gib, prior_calibration
-from harness.memory.terms import GIB, Setting, Shape, logits_bytes
+from harness.memory.terms import GIB, Setting, Shape
 
 # One representative model per size class, its shape from the registry (harness/assets/shapes.py).
 SIZE_CLASSES = {
