@@ -5,7 +5,10 @@ python -m harness.pick outputs/sweeps/<dir> --budget-gib 24
 
 import sys
 
-from harness.analysis.pick import main
+from harness.logs import quiet_third_party
 
 if __name__ == "__main__":
+    quiet_third_party()
+    from harness.analysis.pick import main
+
     sys.exit(main())

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -78,10 +79,37 @@ def test_markdown_and_html_reference_every_plot(report: dict[str, Path]) -> None
     assert "t13" in md and "oom" in md and "CUDA out of memory" in md  # greyed, with reason
 
 
-def test_report_of_one_failed_trial_still_writes_every_plot(tmp_path: Path) -> None:
+def test_report_of_one_failed_trial_says_why_each_panel_is_absent(tmp_path: Path) -> None:
     files = build_report(H100 / "t14", tmp_path, title="only a failure", svg=False)
-    assert {f"{name}.png" for name in PLOTS} <= set(files)
-    assert "torch._dynamo.exc.Unsupported" in files["summary.md"].read_text()
+    assert {n for n in files if n.endswith(".png")} == {"memory_model.png"}
+    md = files["summary.md"].read_text()
+    assert "torch._dynamo.exc.Unsupported" in md
+    assert "No rank panel: lora.r does not vary" in md
+    assert "No quantization panel: quant.type and quant.double_quant do not vary" in md
+
+
+def test_panels_with_nothing_to_compare_are_absent(tmp_path: Path) -> None:
+    """A CPU sweep over lora.r: no VRAM panel, no one-bar quantization panel; each says why."""
+    files = build_report(RECORDS / "cpu-smollm2", tmp_path, title="cpu", svg=False)
+    assert "vram_vs_score.png" not in files and "quant_dq.png" not in files
+    assert {"score_vs_rank.png", "loss_curves.png", "throughput.png"} <= set(files)
+    page = files["report.html"].read_text()
+    assert "No memory-vs-quality panel: no trial measured VRAM (CPU trials record process RSS" in (
+        page
+    )
+    assert "peak RSS (GiB)" in page and "<td class='num'>2.3</td>" in page  # c00: 2.31 GiB
+
+
+def test_score_plots_carry_intervals(tmp_path: Path) -> None:
+    """Whiskers (gid "ci") on every score and loss panel; the tables print 95% intervals."""
+    files = build_report(RECORDS, tmp_path, title="fixture", svg=True)
+    for name in ("score_vs_rank", "vram_vs_score", "lm_eval", "quant_dq", "loss_curves"):
+        assert 'id="ci' in files[f"{name}.svg"].read_text(), name
+    csv = pd.read_csv(files["summary.csv"]).set_index("trial")
+    # t09: score 0.588, stderr of gsm8k exact match from the record: 0.588 +- 1.96 se.
+    se = csv.loc["t09", "score_stderr"]
+    assert csv.loc["t09", "score_ci"] == (f"0.588 (95% CI {0.588 - 1.959964 * se:.3f}-"
+                                          f"{0.588 + 1.959964 * se:.3f})")  # fmt: skip
 
 
 def test_frame_columns() -> None:
@@ -156,6 +184,11 @@ CHECK_IMAGES = (
     "JSON.stringify(Array.from(document.images)"
     ".map(i => [i.alt, i.complete && i.naturalWidth > 0]))"
 )
+CHECK_TEXT = (
+    "JSON.stringify({figures: Array.from(document.querySelectorAll('figure h2'))"
+    ".map(h => h.innerText), cells: Array.from(document.querySelectorAll('td'))"
+    ".map(td => td.innerText)})"
+)
 
 
 class Chromium:
@@ -215,8 +248,9 @@ class Chromium:
             os.close(self._from_r)
 
 
-def open_page(path: Path, profile: Path) -> tuple[list[list], list[str]]:
-    """Load a file; return ([alt, loaded] per image, console errors and exceptions)."""
+def open_page(path: Path, profile: Path, expression: str = CHECK_IMAGES) -> tuple[Any, list[str]]:
+    """Load a file; return (what ``expression`` gives, by default [alt, loaded] per image;
+    console errors and exceptions)."""
     browser = Chromium(profile)
     try:
         target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
@@ -227,7 +261,7 @@ def open_page(path: Path, profile: Path) -> tuple[list[list], list[str]]:
             browser.send(f"{domain}.enable", session=session)
         browser.send("Page.navigate", {"url": path.resolve().as_uri()}, session=session)
         browser.wait_for("Page.loadEventFired")
-        value = browser.send("Runtime.evaluate", {"expression": CHECK_IMAGES,
+        value = browser.send("Runtime.evaluate", {"expression": expression,
                                                   "returnByValue": True}, session)  # fmt: skip
     finally:
         browser.close()
@@ -249,6 +283,22 @@ def test_html_opens_in_chromium_without_errors(report: dict[str, Path], tmp_path
     assert errors == []
     assert sorted(alt for alt, _ in images) == sorted(PLOTS)
     assert all(ok for _, ok in images), images
+
+
+@needs_chromium
+def test_chromium_shows_intervals_and_the_tie_break(tmp_path: Path) -> None:
+    """On the decide fixture: each score/loss figure is captioned with its 95% intervals, the
+    ranked table prints them, and the budget table names the tie and the cheaper pick."""
+    from decide_fixture import write_sweep
+
+    files = build_report(write_sweep(tmp_path / "sweep", tasks=["qh_embedded"]), tmp_path / "r",
+                         title="decide fixture", svg=False)  # fmt: skip
+    shown = open_page(files["report.html"], tmp_path / "profile", expression=CHECK_TEXT)[0]
+    heads = [h.split(",")[0].split(" with")[0] for h in shown["figures"] if "95% intervals" in h]
+    assert heads == ["Ranking metric vs LoRA rank", "Peak VRAM vs ranking metric"], heads
+    assert "0.800 (95% CI 0.539-1.061)" in shown["cells"]  # r16: 8 of 10, se 0.1333
+    assert any("r16 and r4 are within noise" in c and "picking r4: 0.3 GiB less" in c
+               for c in shown["cells"])  # fmt: skip
 
 
 @needs_chromium

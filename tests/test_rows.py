@@ -57,6 +57,7 @@ def test_grid_study_and_report_give_a_record_the_same_row(tmp_path: Path) -> Non
 def test_a_study_row_rebuilt_from_user_attrs_keeps_the_record_metrics(tmp_path: Path) -> None:
     """The record.json is gone: the flat attrs stored with the trial give back its metrics."""
     rec = read_record(TRIAL)
+    rec["score_stderr"], rec["loss"]["eval_stderr"] = 0.012, 0.004  # as today's trials write
     attrs = record_attrs(rec, tmp_path / "gone")
     assert set(METRIC_COLUMNS) - {"peak_rss_gib"} <= set(attrs)  # a CUDA record: no RSS
     study = _study_row(tmp_path, attrs)

@@ -363,3 +363,47 @@ def test_multi_objective_nsga2_reports_the_feasible_pareto_set(tmp_path):
     assert len(front) >= 1 and set(front["lora.r"]) == {4} and front["feasible"].all()
     assert sorted(front["trial"]) == sorted(t.number for t in study.best_trials)
     assert "Pareto set (minimize loss.eval, minimize peak_rss_gib)" in proc.stdout
+
+
+def test_replicated_score_less_study_picks_its_best_trial_by_its_objective(tmp_path, capsys):
+    """replicates: 2 runs each trial at train.seed=0,1 and tells Optuna the mean held-out loss;
+    pick reads the study's objective (no score exists) and names its best trial."""
+    from harness.analysis.pick import main as pick
+
+    spec = write_spec(tmp_path, "reps", replicates=2, sampler={"name": "grid", "seed": 0},
+                      grid={"train.lr": [1.0e-4, 5.0e-2]})  # fmt: skip
+    proc = run_study(spec, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = load(tmp_path, "reps")
+    assert study.user_attrs["objectives"] == LOSS
+    for t in by_state(study, TrialState.COMPLETE):
+        dirs = t.user_attrs["replicate_dirs"]
+        recs = [load_json(Path(d) / "record.json") for d in dirs]
+        assert [r["config"]["train"]["seed"] for r in recs] == [0, 1]
+        assert t.value == pytest.approx(sum(r["loss"]["eval"] for r in recs) / 2)
+        assert all(r["loss"]["eval_stderr"] > 0 for r in recs)
+        assert all((Path(d) / "heldout_items.jsonl").is_file() for d in dirs)
+    records = study_records(study)
+    assert len(records) == 4 and all(r["_objectives"] == LOSS for r in records)
+    best = study.best_trial
+    url = f"sqlite:///{tmp_path / 'studies' / 'reps.db'}"
+    assert pick(["--budget-gib", "80", "--storage", url, "--study", "reps"]) == 0
+    out = capsys.readouterr().out
+    assert "Ranked by held-out loss (lower is better; the study's objective: minimize" in out
+    # The study's best trial leads the ranking (its seeds may still tie with the other's: then
+    # the cheaper one is picked, and the line says so).
+    lr, other = best.params["train.lr"], ({1.0e-4, 5.0e-2} - {best.params["train.lr"]}).pop()
+    lead = f"lr={lr:.3g} - lr={other:.3g} = "
+    assert lead in out or f"lr={lr:.3g} leads on held-out loss" in out, out
+    assert "seeds a side" in out and "mean of 2 seeds" in out
+
+
+def test_replicates_refuse_a_pruner_and_a_searched_seed():
+    base = {"name": "x", "space": {"lora.r": [4]}, "n_trials": 1, "replicates": 3}
+    with pytest.raises(ConfigError, match="pruner.name='median': none with replicates > 1"):
+        StudySpec(**base, pruner={"name": "median"})
+    with pytest.raises(ConfigError, match="space.train.seed"):
+        StudySpec(**{**base, "space": {"train.seed": [0, 1]}})
+    with pytest.raises(ConfigError, match="replicates=0: an integer >= 1"):
+        StudySpec(**{**base, "replicates": 0})
+    assert StudySpec(**base).replicate_overrides() == [[f"train.seed={k}"] for k in range(3)]

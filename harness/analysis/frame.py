@@ -4,8 +4,8 @@
 report all take their metric columns from it, under the names in `METRICS`.
 
 Loaded records get in-memory keys the files never hold: ``_path`` (the record.json, or the
-Optuna trial it came from), ``_dir`` (the trial's dir, where known) and ``_label`` (a short name
-built from the settings that vary).
+Optuna trial it came from), ``_dir`` (the trial's dir, where known), ``_label`` (a short name
+built from the settings that vary) and ``_setting`` (that name without the replicate seed).
 """
 
 import json
@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from harness.analysis.settings import first_metric_stderr, setting_id
 from harness.config.migrate import migrate_overrides, migrate_record
 from harness.trial.record import find_records, read_record
 
@@ -23,10 +24,13 @@ from harness.trial.record import find_records, read_record
 # record). Units in the names; tokens/s counts only the tokens that carry loss.
 METRICS: tuple[tuple[str, str], ...] = (
     ("score", "score"),
+    ("score_stderr", "score_stderr"),
     ("loss_eval", "loss.eval"),
+    ("loss_eval_stderr", "loss.eval_stderr"),
     ("loss_final_train", "loss.final_train"),
     ("loss_tokens_per_s", "throughput.loss_tokens_per_s"),
     ("step_time_median_s", "throughput.step_time_median_s"),
+    ("step_time_iqr_s", "throughput.step_time_iqr_s"),
     ("peak_vram_reserved_gib", "peak_vram_reserved_gib"),
     ("peak_vram_allocated_gib", "peak_vram_allocated_gib"),
     ("peak_rss_gib", "peak_rss_gib"),
@@ -151,13 +155,16 @@ def record_row(rec: dict[str, Any]) -> dict[str, Any]:
         ``choice.<group>`` per Hydra group choice and every dotted config key.
     """
     row = {"trial": trial_name(rec), "label": rec.get("_label", ""), "status": rec.get("status")}
-    row.update({col: get_path(rec, path) for col, path in METRICS})
+    row.update({col: metric(rec, col) for col, _ in METRICS})
     row.update({
         "error": rec.get("error"),
         "device": get_path(rec, "device.type"),
         "device_name": get_path(rec, "device.name"),
         "model": get_path(rec, "model.name"),
         "record_path": rec.get("_path"),
+        "setting": rec.get("_setting") or rec.get("_label", ""),
+        "setting_id": setting_id(rec),
+        "seed": get_path(rec, "config.train.seed"),
     })  # fmt: skip
     row.update({f"choice.{k}": v for k, v in (rec.get("choices") or {}).items()})
     for key, val in flatten(rec.get("config") or {}).items():
@@ -168,7 +175,13 @@ def record_row(rec: dict[str, Any]) -> dict[str, Any]:
 
 def metric(rec: dict[str, Any], col: str) -> Any:
     """One `METRICS` column of a record, e.g. ``metric(rec, "loss_tokens_per_s")``."""
-    return get_path(rec, _METRIC_PATHS[col])
+    value = get_path(rec, _METRIC_PATHS[col])
+    if value is None and col == "score_stderr":
+        return first_metric_stderr(rec)
+    if value is None and col == "peak_rss_gib":  # records that kept RSS per phase only
+        phases = (get_path(rec, "memory.phases") or {}).values()
+        return max((p["peak_rss_gib"] for p in phases if p.get("peak_rss_gib")), default=None)
+    return value
 
 
 def summary_row(rec: dict[str, Any], keys: list[str]) -> dict[str, Any]:
@@ -229,10 +242,15 @@ def _add_labels(recs: list[dict[str, Any]]) -> None:
     seen: dict[str, int] = {}
     for model, group in groups.items():
         keys = [k for k in label_keys(group) if k not in ("model", "model.name")]
+        seeded = "train.seed" in keys  # the replicate axis: named apart from the setting
+        keys = [k for k in keys if k != "train.seed"]
         for rec in group:
             parts = [model] if len(groups) > 1 else []
             parts += [short(k, value_of(rec, k)) for k in keys]
-            label = " ".join(parts) or trial_name(rec)
+            setting = " ".join(parts) or ("" if seeded else trial_name(rec))
+            rec["_setting"] = setting or "default"
+            seed = f"seed={value_of(rec, 'train.seed')}" if seeded else ""
+            label = " ".join(p for p in (setting, seed) if p)
             seen[label] = seen.get(label, 0) + 1
             rec["_label"] = label if seen[label] == 1 else f"{label} #{seen[label]}"
 
@@ -258,6 +276,8 @@ def value_of(rec: dict[str, Any], key: str) -> Any:
 
 def short(key: str, val: Any) -> str:
     """A grid value as a label part: ``r16``, ``dq``, ``ckpt:full``, else ``key=value``."""
+    if isinstance(val, float):
+        val = float(f"{val:.3g}")  # a sampled lr: 0.00016183718005855847 -> 0.000162
     fmt = SHORT.get(key)
     if fmt is None:
         bare = "." not in key and key in ("model", "quant", "optim")

@@ -17,17 +17,21 @@ TABLE = (
     ("trial", "trial"),
     ("label", "setting"),
     ("status", "status"),
-    ("score", "score"),
+    ("score_ci", "score (95% CI)"),
+    ("loss_eval_ci", "held-out loss (95% CI)"),
     ("loss_tokens_per_s", "loss tokens/s"),
     ("peak_vram_reserved_gib", "peak VRAM reserved (GiB)"),
     ("predicted_vram_reserved_gib", "predicted VRAM (GiB)"),
+    ("peak_rss_gib", "peak RSS (GiB)"),
     ("params_trainable", "trainable params"),
     ("error", "reason"),
 )
 FIGURES = {
-    "score_vs_rank": "Score vs LoRA rank, one line per variant",
-    "loss_curves": "Training loss, all trials overlaid (grey dashed: failed or pruned)",
-    "vram_vs_score": "Peak VRAM vs score; the dashed step is the Pareto front",
+    "score_vs_rank": "Ranking metric vs LoRA rank, one line per variant, with 95% intervals",
+    "loss_curves": "Training loss, all trials overlaid (grey dashed: failed or pruned); held-out "
+    "loss with 95% intervals",
+    "vram_vs_score": "Peak VRAM vs ranking metric with 95% intervals; the dashed step is the "
+    "Pareto front",
     "throughput": "Train throughput per setting (grey: failed, OOM or pruned, with the reason)",
     "quant_dq": "nf4 vs fp4, with and without double quantization",
     "lm_eval": "lm-eval before -> after tuning, per task",
@@ -54,7 +58,7 @@ def fmt(col: str, val: Any) -> str:
     if col == "score":
         return f"{val:.3f}"
     if col == "loss_tokens_per_s":
-        return f"{val:,.0f}"
+        return f"{val:,.0f}" if val >= 100 else f"{val:.3g}"
     if col.endswith("_gib"):
         return f"{val:.1f}"
     if col == "params_trainable":
@@ -73,23 +77,27 @@ def budget_cells(row: dict[str, Any]) -> list[str]:
     if row["kind"] == "predicted":
         need += f" ± {row['error_pct']:.0f}%"
     change = f" ({row['changes']})" if row["changes"] else ""
-    quality = f"score {fmt('score', row['score'])}, {fmt('loss_tokens_per_s', row['tps'])} tok/s"
+    quality = row.get("quality") or (
+        f"score {fmt('score', row['score'])}, {fmt('loss_tokens_per_s', row['tps'])} tok/s"
+    )
     return [f"{row['budget_gib']:g}", row["kind"], f"{row['label']}{change}", need, quality]
 
 
 def render_html(
     *, title: str, frame: pd.DataFrame, images: dict[str, Path], memory: dict[str, Any],
-    budgets: list[dict[str, Any]], seeds: str, meta: str,
+    budgets: list[dict[str, Any]], seeds: str, meta: str, absent: dict[str, str] | None = None,
 ) -> str:  # fmt: skip
     """The whole page. ``images`` maps plot name -> PNG path; each is inlined as base64."""
     e = html.escape
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}"
              f"</title><style>{CSS}</style></head><body><h1>{e(title)}</h1>"
              f"<p class='meta'>{e(meta)}</p>"]  # fmt: skip
-    parts.append("<h2>Which setting for my GPU budget?</h2><p>Best score that fits with a 10% "
-                 "margin on peak reserved VRAM. <span class='tag measured'>measured</span> = a "
-                 "trial of this sweep; <span class='tag predicted'>predicted</span> = the memory "
-                 "model (± its held-out error), not run.</p>")  # fmt: skip
+    parts.append("<h2>Which setting for my GPU budget?</h2><p>Best setting by the ranking "
+                 "metric above that fits with a 10% margin on peak reserved VRAM; settings within "
+                 "noise of the best tie, and the cheapest of them is named. <span class='tag "
+                 "measured'>measured</span> = a trial of this sweep; <span class='tag "
+                 "predicted'>predicted</span> = the memory model (± its held-out error), not "
+                 "run.</p>")  # fmt: skip
     heads = ["budget (GiB)", "answer", "setting", "needs (GiB)", "measured quality"]
     rows = []
     for row in budgets:
@@ -106,10 +114,35 @@ def render_html(
             parts.append(f"<figure><h2>{e(caption)}</h2><img alt='{e(name)}' "
                          f"src='data:image/png;base64,{data}'><figcaption>{e(name)}.png"
                          "</figcaption></figure>")  # fmt: skip
+        elif name in (absent or {}):
+            parts.append(f"<p class='meta'>{e(absent[name])}</p>")
     parts.append(_memory_html(memory))
-    parts.append(f"<h2>What fits where (predicted)</h2><pre>{e(seeds)}</pre>")
+    parts.append(f"<h2>What fits where (predicted)</h2>{markdown_tables_html(seeds)}")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def markdown_tables_html(text: str) -> str:
+    """Markdown paragraphs and pipe tables (what harness.memory.table prints) as HTML: a table
+    wraps to the page and its columns line up, where `<pre>` clipped it past the page width."""
+    out, rows = [], []
+
+    def flush() -> None:
+        if rows:
+            out.append(_table(rows[0], rows[1:]))
+            rows.clear()
+
+    for line in text.splitlines():
+        cells = [html.escape(c.strip()) for c in line.strip().strip("|").split("|")]
+        if line.lstrip().startswith("|"):
+            if not all(set(c) <= set("-: ") for c in cells):  # not the |---|---| rule
+                rows.append(cells)
+            continue
+        flush()
+        if line.strip():
+            out.append(f"<p>{html.escape(line.strip())}</p>")
+    flush()
+    return "\n".join(out)
 
 
 def _table(heads: list[str], rows: list[list[str]], classes: list[str] | None = None) -> str:
@@ -147,7 +180,7 @@ def _memory_html(memory: dict[str, Any]) -> str:
 
 def render_markdown(
     *, title: str, frame: pd.DataFrame, images: dict[str, Path], memory: dict[str, Any],
-    budgets: list[dict[str, Any]], seeds: str, meta: str,
+    budgets: list[dict[str, Any]], seeds: str, meta: str, absent: dict[str, str] | None = None,
 ) -> str:  # fmt: skip
     """The Markdown summary; images are the PNGs beside it."""
     err, meta = memory["error"], html.escape(meta, quote=False)
@@ -164,6 +197,8 @@ def render_markdown(
     for name, caption in FIGURES.items():
         if name in images:
             lines += ["", f"## {caption}", "", f"![{name}]({images[name].name})"]
+        elif name in (absent or {}):
+            lines += ["", _md(absent[name])]
     lines += ["", "## Memory model", "", f"{memory['calibration'].describe()}. Held-out mean "
               f"absolute error {err['mape_pct']:.1f}% (max {err['max_ape_pct']:.1f}%; "
               f"{err['basis']}).", "", "## What fits where (predicted)", "", seeds, ""]  # fmt: skip

@@ -1,8 +1,10 @@
 """The records of an Optuna study, and the flat user attrs a study keeps of each one.
 
-A trial's ``record_dir`` user attr says where its record.json is. Where that file is gone (a
-worker that died for good, a host whose disk is not shared) the record is rebuilt, partly, from
-what Optuna kept: the trial's params, its state and the flat user attrs of `ATTRS`.
+A trial's ``record_dir`` user attr says where its record.json is (a trial run with several seeds,
+``replicates:``, has one per seed in ``replicate_dirs``: each is a record of its own). Where that
+file is gone (a worker that died for good, a host whose disk is not shared) the record is
+rebuilt, partly, from what Optuna kept: the trial's params, its state and the flat user attrs of
+`ATTRS`. Each record carries ``_objectives``, the study's own (what its report and pick rank by).
 """
 
 from pathlib import Path
@@ -41,7 +43,17 @@ def study_records(study: Any) -> list[dict[str, Any]]:
     # A trial whose worker died is superseded by its retry ("failed_trial") or by its result
     # told from its record ("recorded_trial", same record dir): report each trial once.
     superseded = {t.system_attrs.get(k) for t in trials for k in ("failed_trial", "recorded_trial")}
-    return [trial_record(t) for t in trials if t.number not in superseded]
+    objectives = study.user_attrs.get("objectives")
+    recs = [r for t in trials if t.number not in superseded for r in trial_records(t)]
+    return [{**r, "_objectives": objectives} if objectives else r for r in recs]
+
+
+def trial_records(trial: Any) -> list[dict[str, Any]]:
+    """A trial's records: one per replicate seed that wrote one, else `trial_record`."""
+    dirs = [Path(d) for d in trial.user_attrs.get("replicate_dirs") or []]
+    found = [{**read_record(d), "_path": str(d / RECORD_NAME), "_dir": str(d)}
+             for d in dirs if (d / RECORD_NAME).is_file()]  # fmt: skip
+    return found or [trial_record(trial)]
 
 
 def trial_record(trial: Any) -> dict[str, Any]:

@@ -3,9 +3,15 @@
     python -m harness.pick --budget-gib 24 outputs/sweeps/<sweep>
     python -m harness.pick --budget-gib 16 --storage sqlite:///sweeps.db --study qlora \\
         --objective throughput
+    python -m harness.pick --budget-gib 24 <sweep> --objective loss     # rank by held-out loss
     python -m harness.pick --budget-gib 24 <sweep> --write-experiment --name llama8b-24g
     python -m harness.pick --budget-gib 48 <sweep> --model llama3-70b   # never run: predicted
     python -m harness.pick --table                                      # the seeds' table
+
+The ranking metric (``--objective auto``): a study's own objective; for a grid the score when
+the sweep named its lm-eval tasks, else the held-out loss (harness/analysis/rankby.py). Among the
+settings that fit, the leader and those within noise of it tie; the cheapest of them is picked
+(harness/analysis/ties.py), and one line says so.
 
 Exit status: 0 when something measured or predicted fits, 1 when nothing does, 2 on bad input.
 """
@@ -16,8 +22,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from harness.analysis.costs import (
+    metric_text,
+    outside_calibration,
+    prediction_assumptions,
+    throughput_text,
+)
 from harness.analysis.decide import (
-    OBJECTIVES,
     Choice,
     Predictor,
     closest_measured,
@@ -29,13 +40,14 @@ from harness.analysis.frame import (
     StudySource,
     label_keys,
     load_records,
-    metric,
     read_error,
     records_frame,
     status_counts,
     trial_name,
 )
 from harness.analysis.pin import default_name, experiment_yaml, hydra_overrides, write_experiment
+from harness.analysis.rankby import CHOICES, RankBy, rank_by
+from harness.analysis.settings import setting_id
 from harness.assets.shapes import SHAPES
 from harness.errors import ConfigError
 from harness.memory.model import calibrate, error_report
@@ -51,12 +63,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--storage", help="Optuna RDB storage URL, e.g. sqlite:///sweeps.db")
     p.add_argument("--study", help="Optuna study name (with --storage)")
     p.add_argument("--budget-gib", type=float, help="GPU memory to fit in, GiB")
-    p.add_argument("--objective", choices=list(OBJECTIVES), default="score")
+    p.add_argument("--objective", choices=list(CHOICES), default="auto",
+                   help="what ranks (default auto: a study's objective, else score or held-out "
+                   "loss; see harness/analysis/rankby.py)")  # fmt: skip
     p.add_argument("--margin", type=float, default=0.10, help="safety margin (default 0.10)")
     p.add_argument("--model", help="predict for this model (a harness/assets/shapes.py name)")
     p.add_argument("--write-experiment", action="store_true", help="pin it as an experiment")
     p.add_argument("--name", help="experiment name (default: from the setting)")
-    p.add_argument("--conf-dir", type=Path, default=CONF_DIR, help="where conf/experiment/ is")
+    conf_help = "the config folder (its model files); pins land under the output root"
+    p.add_argument("--conf-dir", type=Path, default=CONF_DIR, help=conf_help)
     p.add_argument("--force", action="store_true", help="replace an existing experiment file")
     p.add_argument("--table", action="store_true", help="print what fits on 8-80 GB by size")
     args = p.parse_args(argv)
@@ -99,47 +114,58 @@ def main(argv: list[str] | None = None) -> int:
     if args.model and shape is None:  # the sweep ran this model: answer from its trials only
         records = [r for r in records if args.model in _model_names(r)]
     frame = records_frame(records)
+    try:
+        metric = rank_by(records, frame, args.objective)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     err = error_report(records)
-    print(_header(args, frame, source))
+    print(_header(args, frame, source, metric))
     if shape is None:
         _explain_no_measured_fit(frame, args)
     predictor = Predictor(calib, err["mape_pct"], shape, model)
-    choice = decide(records, frame, args.budget_gib, objective=args.objective, margin=args.margin,
+    choice = decide(records, frame, args.budget_gib, objective=metric, margin=args.margin,
                     predictor=predictor)  # fmt: skip
     if choice is None:
         _refuse(records, args, calib, shape)
         return 1
-    print(describe(choice, args, err, grid=label_keys(records)))
+    print(describe(choice, args, err, grid=label_keys(records), metric=metric, records=records))
     if args.write_experiment:
         return _pin(choice, args)
     return 0
 
 
-def describe(choice: Choice, args: argparse.Namespace, err: dict, grid: list[str]) -> str:
-    """The answer as text: what, how much memory, what it buys, and how to rerun it."""
+def describe(
+    choice: Choice, args: argparse.Namespace, err: dict, grid: list[str], *, metric: RankBy,
+    records: list[dict],
+) -> str:  # fmt: skip
+    """The answer as text: what, how much memory, what it buys, why it, and how to rerun it."""
     rec = choice.record
-    tp = metric(rec, "loss_tokens_per_s")
     same = " (for the unchanged setting)" if choice.changes or choice.model else ""
     head = "MEASURED" if choice.kind == "measured" else "PREDICTED (memory model, not measured)"
-    lines = [f"{head}: {rec['_label']}  [{trial_name(rec)}]"]
+    lines = [f"{head}: {rec.get('_setting') or rec['_label']}  [{trial_name(rec)}]"]
     if choice.kind == "measured":
         lines.append(f"  peak reserved {choice.peak_gib:.1f} GiB + {args.margin:.0%} = "
                      f"{choice.need_gib:.1f} GiB of {args.budget_gib:.1f} GiB")  # fmt: skip
     else:
-        lines.append(f"  predicted peak {choice.peak_gib:.1f} GiB +- {err['mape_pct']:.1f}% "
-                     f"(mean abs error, {err['basis']}) + {args.margin:.0%} = "
-                     f"{choice.need_gib:.1f} GiB of {args.budget_gib:.1f} GiB")  # fmt: skip
+        far = outside_calibration(choice.model and Shape.named(choice.model), rec, records)
+        error = f"error unknown: {far}" if far else err["line"]
+        lines.append(f"  predicted peak {choice.peak_gib:.1f} GiB ({error}) + {args.margin:.0%} "
+                     f"= {choice.need_gib:.1f} GiB of {args.budget_gib:.1f} GiB")  # fmt: skip
         if choice.changes:
             lines.append("  changed from the measured trial: " + _kv(choice.changes))
         if choice.model:
-            lines.append(f"  for model {choice.model}, never run in this sweep")
+            lines.append(f"  for model {choice.model}, never run in this sweep; "
+                         + prediction_assumptions(rec, choice.changes))  # fmt: skip
             if not (args.conf_dir / "model" / f"{choice.model}.yaml").is_file():
                 lines.append(f"  (to run it: add conf/model/{choice.model}.yaml)")
+    if choice.verdict is not None:
+        lines.append("  " + choice.verdict.line)
     where = (rec.get("model") or {}).get("name", "?")
-    score = rec.get("score")
-    lines.append(f"  measured on {where} ({(rec.get('device') or {}).get('name', '?')}): score "
-                 f"{'n/a' if score is None else f'{score:.3f}'}, "
-                 f"{'n/a' if tp is None else f'{tp:,.0f}'} loss tokens/s{same}")  # fmt: skip
+    reps = [r for r in records if r.get("status") == "success" and setting_id(r) == setting_id(rec)]
+    lines.append(f"  measured on {where} ({(rec.get('device') or {}).get('name', '?')}): "
+                 f"{metric_text(reps or [rec], metric)}{same}")  # fmt: skip
+    lines.append(f"  cost: {throughput_text(rec)}{same}")
     overrides = hydra_overrides(_retarget(choice), grid, choice.changes)
     lines.append(f"  record: {rec.get('_path')}")
     lines.append("  overrides: " + " ".join(overrides))
@@ -147,11 +173,10 @@ def describe(choice: Choice, args: argparse.Namespace, err: dict, grid: list[str
     return "\n".join(lines)
 
 
-def _header(args: argparse.Namespace, frame: Any, source: Any) -> str:
+def _header(args: argparse.Namespace, frame: Any, source: Any, metric: RankBy) -> str:
     budget = f"Budget {args.budget_gib:.1f} GiB, margin {args.margin:.0%}"
-    return f"{budget}, objective {args.objective}; {len(frame)} trials from {source} " + (
-        f"({status_counts(frame)}).\n"
-    )
+    return (f"{budget}; {len(frame)} trials from {source} ({status_counts(frame)}).\n"
+            f"Ranked by {metric.describe()}.\n")  # fmt: skip
 
 
 def _explain_no_measured_fit(frame: Any, args: argparse.Namespace) -> None:

@@ -1,6 +1,6 @@
 """Turn a picked trial back into settings: Hydra overrides, and a pinned experiment config.
 
-python -m harness experiment=<name>     # reruns the pinned setting by name
+python -m harness experiment=<name>     # reruns <output root>/experiment/<name>.yaml by name
 """
 
 import copy
@@ -17,7 +17,9 @@ from harness.config.migrate import (
     migrate_overrides,
     migrate_record,
 )
+from harness.paths import experiments_dir
 
+REPO_CONF = Path(__file__).resolve().parents[2] / "conf"
 # Groups Hydra reports in runtime.choices that are not trial settings.
 NOT_PINNED = ("experiment", "hparams_search", "trial_schema")
 GROUP_ORDER = ("model", "quant", "lora", "optim", "data", "train", "eval", "engine")
@@ -103,10 +105,17 @@ def experiment_yaml(
 
 
 def write_experiment(text: str, conf_dir: Path, name: str, *, force: bool = False) -> Path:
-    """Write ``<conf_dir>/experiment/<name>.yaml``; refuse to replace one unless ``force``."""
+    """Write ``<conf_dir>/experiment/<name>.yaml``; refuse to replace one unless ``force``.
+
+    The repo's own conf/ is source, not output: a pin for it goes to
+    ``<output root>/experiment/``, which Hydra searches too, so ``experiment=<name>`` reruns it.
+    """
     if not re.match(r"^[A-Za-z0-9_.-]+$", name):
         raise ValueError(f"--name={name!r}: letters, digits, '_', '.', '-' only")
-    path = conf_dir / "experiment" / f"{name}.yaml"
+    folder = conf_dir / "experiment"
+    if Path(conf_dir).resolve() == REPO_CONF:
+        folder = experiments_dir()
+    path = folder / f"{name}.yaml"
     if path.exists() and not force:
         raise FileExistsError(f"{path} exists; pass --force to replace it or pick another --name")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from harness.analysis import style
+from harness.analysis.stats import mean_interval
 from harness.analysis.style import ReportInputs
 
 QUANT_PANELS = {
@@ -28,32 +29,50 @@ def quant_subset(data: ReportInputs) -> tuple[pd.DataFrame, str]:
     return style.controlled(data, frame, ["quant.type", "quant.double_quant"], "quant")
 
 
-def plot_quant_dq(data: ReportInputs) -> Figure:
-    """nf4 vs fp4, with and without double quant, side by side on score, speed and memory."""
+def plot_quant_dq(data: ReportInputs) -> Figure | str:
+    """nf4 vs fp4, with and without double quant, side by side on score, speed and memory; a
+    panel only for what was measured, whiskers: the score's 95% interval."""
     sub, caption = quant_subset(data)
     ok = sub[sub["status"] == "success"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.5))
-    if ok.empty:
-        for ax in axes[1:]:
-            ax.axis("off")
-        return style.empty(fig, axes[0], "No successful nf4/fp4 trials to compare in this sweep.")
-    for ax, (col, ylabel) in zip(axes, QUANT_PANELS.items(), strict=True):
-        if ok[col].isna().all():
-            style.empty(fig, ax, f"{col}: not measured\n(CPU trials have no VRAM)")
-            continue
-        sns.barplot(data=ok, x="quant.type", y=col, hue="quant.double_quant", order=["nf4", "fp4"],
-                    errorbar=None, ax=ax, palette="Set2")  # fmt: skip
-        for cont in ax.containers:
-            vals = cont.datavalues
-            ax.bar_label(cont, labels=[f"{v:,.0f}" if v >= 100 else f"{v:.3g}" for v in vals],
-                         fontsize=8)  # fmt: skip
-        ax.set(xlabel="4-bit data type", ylabel=ylabel)
+    combos = ok[["quant.type", "quant.double_quant"]].drop_duplicates() if len(ok) else ok
+    if len(combos) < 2:
+        return "No quantization panel: quant.type and quant.double_quant do not vary."
+    panels = {c: y for c, y in QUANT_PANELS.items() if ok[c].notna().any()}
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 4.5), squeeze=False)
+    order = [(q, dq) for q in ("nf4", "fp4") for dq in (True, False)]
+    bars = [(q, dq, ok[(ok["quant.type"] == q) & (ok["quant.double_quant"] == dq)])
+            for q, dq in order]  # fmt: skip
+    bars = [b for b in bars if not b[2].empty]
+    x = np.arange(len(bars))
+    colors = sns.color_palette("Set2", 2)
+    for ax, (col, ylabel) in zip(axes[0], panels.items(), strict=True):
+        vals = np.array([rows[col].mean() for _, _, rows in bars])
+        err = [_half_ci(rows, col) for _, _, rows in bars] if col == "score" else None
+        ax.bar(x, vals, yerr=err, capsize=4, color=[colors[0 if dq else 1] for _, dq, _ in bars],
+               error_kw={"gid": "ci"})  # fmt: skip
+        ax.bar_label(ax.containers[-1], labels=[_sig(v) for v in vals], fontsize=8)
+        ax.set_xticks(x, [f"{q}\n{'dq' if dq else 'no dq'}" for q, dq, _ in bars])
+        ax.set(xlabel="4-bit data type, double quant", ylabel=ylabel)
         ax.yaxis.label.set_size(9)
-        ax.legend(title="double quant", fontsize=8, title_fontsize=8, loc="lower right")
-    style.note_failed(axes[0], sub[sub["status"] != "success"])
+    style.note_failed(axes[0][0], sub[sub["status"] != "success"])
     fig.suptitle(f"nf4 vs fp4 x double quant ({caption})", fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def _half_ci(rows: pd.DataFrame, col: str) -> float:
+    """Half the 95% interval of a bar: t over replicates, else 1.96 x the trial's stderr."""
+    vals = rows[col].dropna()
+    if len(vals) >= 2:
+        ci = mean_interval(vals.tolist())
+        return ci.hi - ci.value
+    se = rows["score_stderr"].iloc[0] if "score_stderr" in rows and len(rows) else None
+    return 0.0 if se is None or pd.isna(se) else 1.959964 * float(se)
+
+
+def _sig(v: float) -> str:
+    """A bar label: thousands separated, small values to 3 significant digits."""
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
 
 
 def lm_eval_rows(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -71,12 +90,11 @@ def lm_eval_rows(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]
     return tasks
 
 
-def plot_lm_eval(data: ReportInputs, top: int = 12) -> Figure:
+def plot_lm_eval(data: ReportInputs, top: int = 12) -> Figure | str:
     """Dumbbells per task: the base model's score (before) to the tuned one's (after)."""
     tasks = lm_eval_rows(data.records)
     if not tasks:
-        fig, ax = plt.subplots(figsize=(8, 3))
-        return style.empty(fig, ax, "No lm-eval results (random-weight or failed trials only).")
+        return "No lm-eval panel: no successful trial has lm-eval results."
     # One row per trial, shared by every panel: the top trials by score, best at the top.
     scores = {r["label"]: r["score"] for rows in tasks.values() for r in rows}
     order = sorted(scores, key=lambda k: -(scores[k] if scores[k] is not None else -np.inf))
@@ -95,8 +113,8 @@ def plot_lm_eval(data: ReportInputs, top: int = 12) -> Figure:
         ax.hlines(y, before, after, color=style.GREY, lw=1.5)
         grey = style.GREY
         ax.scatter(before, y, facecolors="white", edgecolors=grey, s=40, label="before (base)")
-        ax.errorbar(after, y, xerr=[r.get("stderr_after") or 0 for r in rows], fmt="none",
-                    ecolor="#444", elinewidth=0.8, capsize=2)  # fmt: skip
+        ax.errorbar(after, y, xerr=[1.959964 * (r.get("stderr_after") or 0) for r in rows],
+                    fmt="none", ecolor="#444", elinewidth=0.8, capsize=2, gid="ci")  # fmt: skip
         ax.scatter(after, y, c=colors, s=45, zorder=3, label="after (tuned)")
         better = "higher" if hib else "lower"
         ax.set(title=task, xlabel=f"{rows[0]['metric']} (fraction, {better} is better)")
@@ -104,7 +122,9 @@ def plot_lm_eval(data: ReportInputs, top: int = 12) -> Figure:
     axes[0][0].set_yticks(range(len(order)), [style.short_label(o) for o in order], fontsize=7)
     axes[0][-1].legend(fontsize=7, loc="lower right")
     style.note_failed(axes[0][0], data.frame[data.frame["status"] != "success"], "no lm-eval")
-    fig.suptitle("lm-eval before -> after per task (whiskers: stderr; top trials by score)")
+    fig.suptitle("lm-eval before -> after per task (whiskers: 95% interval; top trials by score)")
+    # Room at the top for the figure title above the panel titles (they overlapped at 0.98).
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     return fig
 
 

@@ -26,6 +26,7 @@ class ReportInputs:
     frame: pd.DataFrame
     records: list[dict[str, Any]]
     memory: dict[str, Any] = field(default_factory=dict)  # {calibration, error, points}
+    metric: Any = None  # the ranking metric (harness.analysis.rankby.RankBy); None: the score
 
     @property
     def ok(self) -> pd.DataFrame:

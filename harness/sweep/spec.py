@@ -68,6 +68,7 @@ class StudySpec:
     grid: dict = field(default_factory=dict)  # key -> [values]; implies sampler grid
     fail_limit: dict = field(default_factory=dict)  # FailureLimit fields
     heartbeat: dict = field(default_factory=dict)  # {interval: s, grace: s, max_retry: n}
+    replicates: int = 1  # seeds per trial (train.seed=0..n-1); the objective is their mean
 
     def __post_init__(self) -> None:
         if self.grid:
@@ -106,6 +107,24 @@ class StudySpec:
             raise ConfigError("n_trials", self.n_trials, f"at most the grid size {self.grid_size}")
         self.limit = FailureLimit(**self.fail_limit)
         check_heartbeat(self.heartbeat)
+        self._check_replicates()
+
+    def _check_replicates(self) -> None:
+        n = self.replicates
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError("replicates", n, "an integer >= 1 (seeds per trial)")
+        if n > 1 and "train.seed" in self.space:
+            why = "replicates sets train.seed itself; search it or replicate it"
+            raise ConfigError("space.train.seed", self.space["train.seed"], why)
+        if n > 1 and self.pruned:
+            why = "none with replicates > 1: a pruner judges one run, not a mean"
+            raise ConfigError("pruner.name", self.pruner["name"], why)
+
+    def replicate_overrides(self) -> list[list[str]]:
+        """The extra overrides of each replicate run of a trial: [[]] without replicates."""
+        if self.replicates == 1:
+            return [[]]
+        return [[f"train.seed={k}"] for k in range(self.replicates)]
 
     @property
     def pruned(self) -> bool:

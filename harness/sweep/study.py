@@ -28,7 +28,10 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from harness.errors import ConfigError
+from harness.logs import quiet_third_party
+from harness.paths import studies_dir
 from harness.sweep.accounting import failure_files, grid_has_next, limit_reached
+from harness.sweep.grid import TrialClock
 from harness.sweep.pool import process_pool
 from harness.sweep.run import (
     check_study,
@@ -57,7 +60,7 @@ from harness.sweep.storage import (
     study_lock,
 )
 from harness.sweep.summary import summarize
-from harness.sweep.tell import result_of, tell, tell_recorded
+from harness.sweep.tell import replicate_result, result_of, tell, tell_recorded
 
 log = logging.getLogger("harness.study")
 # Heartbeats, stale-trial retries and fail_stale_trials are "experimental" since Optuna 2.8 and
@@ -98,6 +101,8 @@ class Driver:
                 pruner=make_pruner(spec),
                 load_if_exists=True,
             )
+        # What the study optimizes, for its report and pick (harness/analysis/rankby.py).
+        self.study.set_user_attr("objectives", [vars(o) for o in spec.objectives])
         wanted = [optuna.study.StudyDirection[d.upper()] for d in spec.directions]
         if self.study.directions != wanted:
             raise ConfigError(
@@ -107,6 +112,7 @@ class Driver:
                 f"has {[d.name.lower() for d in self.study.directions]}",
             )
         self.first_number = len(self.study.get_trials(deepcopy=False))
+        self.clock = TrialClock(spec.n_trials)
 
     def run(self) -> int:
         n = self.spec.n_trials
@@ -116,7 +122,7 @@ class Driver:
             with study_lock(self.url, self.spec.name):
                 optuna.storages.fail_stale_trials(self.study)
                 prog = progress(self.study)
-                nxt = self._ask() if prog.taken < n else None
+                nxt = self._ask(len(prog.usable)) if prog.taken < n else None
             if nxt is None:
                 if len(prog.usable) >= n or not prog.running:
                     break
@@ -130,6 +136,7 @@ class Driver:
                 continue
             waiting = False
             self._run(*nxt)
+            self.clock.end()
             why = limit_reached(self.study, self.spec, self.first_number)
             if why:
                 summarize(self.study, self.spec, self.study_dir, report=False)
@@ -146,7 +153,7 @@ class Driver:
             log.warning("failed grid points run again when the study is rerun; see %s", files)
         return 0
 
-    def _ask(self) -> tuple[optuna.Trial, list[str], Path] | None:
+    def _ask(self, done: int) -> tuple[optuna.Trial, list[str], Path] | None:
         """Create (or pop a queued retry of) a trial and draw all its params, under the lock."""
         if self.spec.grid and not grid_has_next(self.study, self.spec, self.first_number):
             return None
@@ -159,11 +166,16 @@ class Driver:
         if (out_dir / "record.json").exists():  # left by an older study of the same name
             out_dir = out_dir.with_name(f"{out_dir.name}_{os.urandom(3).hex()}")
         trial.set_user_attr("record_dir", str(out_dir.resolve()))
+        if self.spec.replicates > 1:
+            dirs = [str((out_dir / f"seed_{k}").resolve()) for k in range(self.spec.replicates)]
+            trial.set_user_attr("replicate_dirs", dirs)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         retried = self.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
         log.info(
-            "trial %d%s: %s",
+            "trial %d (%s%s)%s: %s",
             trial.number,
+            self.clock.begin(done),
+            self.clock.left(),
             f" (retry of {retried})" if retried is not None else "",
             " ".join(overrides[len(self.base) :]),
         )
@@ -171,22 +183,35 @@ class Driver:
 
     def _run(self, trial: optuna.Trial, overrides: list[str], out_dir: Path) -> None:
         with Heartbeat(self.storage, trial._trial_id):
-            if self.isolate or _own_process(overrides):
-                rec = run_isolated(
-                    spec_path=self.spec_path,
-                    study=self.spec.name,
-                    storage=self.url,
-                    trial_id=trial._trial_id,
-                    overrides=overrides,
-                    out_dir=out_dir,
-                )
+            runs = self.spec.replicate_overrides()
+            recs, dirs = [], []
+            for extra in runs:  # one run, or one per replicate seed in out_dir/seed_<k>
+                where = out_dir / extra[0].replace("train.seed=", "seed_") if extra else out_dir
+                recs.append(self._run_one(trial, [*overrides, *extra], where))
+                dirs.append(where)
+                if recs[-1].get("status") != "success":
+                    break  # a failed seed fails the trial: the other seeds would not change it
+            if len(runs) == 1:
+                result = result_of(self.spec, recs[0], out_dir)
             else:
-                rec = run_in_process(trial, self.spec, overrides, out_dir, self.pool)
-            self._tell(trial, rec, out_dir)
+                result = replicate_result(self.spec, recs, dirs)
+            self._tell(trial, recs[-1], result)
 
-    def _tell(self, trial: optuna.Trial, rec: dict, out_dir: Path) -> None:
-        tell(self.study, trial, result_of(self.spec, rec, out_dir))
-        values, status = objective_values(self.spec, rec), rec.get("status")
+    def _run_one(self, trial: optuna.Trial, overrides: list[str], out_dir: Path) -> dict:
+        if self.isolate or _own_process(overrides):
+            return run_isolated(
+                spec_path=self.spec_path,
+                study=self.spec.name,
+                storage=self.url,
+                trial_id=trial._trial_id,
+                overrides=overrides,
+                out_dir=out_dir,
+            )
+        return run_in_process(trial, self.spec, overrides, out_dir, self.pool)
+
+    def _tell(self, trial: optuna.Trial, rec: dict, result) -> None:
+        tell(self.study, trial, result)
+        values, status = result.values or objective_values(self.spec, rec), rec.get("status")
         log.info(
             "trial %d: %s%s",
             trial.number,
@@ -207,11 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-trials", type=int, help="the study's total (default: the file's)")
     p.add_argument("--name", help="study name (default: the file's)")
     p.add_argument("--isolate", action="store_true", help="one process per trial (no reuse)")
-    p.add_argument("--out-root", type=Path, default=Path("outputs/studies"))
+    where = "study folders and SQLite files (default: <output root>/studies)"
+    p.add_argument("--out-root", type=Path, default=studies_dir(), help=where)
     p.add_argument("--heartbeat", type=int, help="heartbeat interval, s (default 60)")
     p.add_argument("--grace", type=int, help="a trial silent this long (s) is failed (180)")
     p.add_argument("--no-report", action="store_true", help="summary CSV only, no report")
     args = p.parse_args(argv)
+    quiet_third_party()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
     try:
         spec = load_spec(args.spec, n_trials=args.n_trials, storage=args.storage, name=args.name)

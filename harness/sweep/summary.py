@@ -13,7 +13,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from harness.analysis.optuna_records import trial_record
+from harness.analysis.optuna_records import trial_record, trial_records
 from harness.analysis.pareto import pareto_mask
 from harness.sweep.grid import format_table, run_report, summary_frame, write_csv
 from harness.sweep.spec import StudySpec
@@ -59,7 +59,13 @@ def summarize(study: optuna.Study, spec: StudySpec, study_dir: Path, *, report: 
         print(f"{label} ({objectives}):")
         print(format_table(front))
     if report:
-        records = [r for r in map(trial_record, _results(study)) if "schema_version" in r]
+        objectives = [vars(o) for o in spec.objectives]  # the report ranks by them
+        records = [
+            {**r, "_objectives": objectives}
+            for t in _results(study)
+            for r in trial_records(t)
+            if "schema_version" in r
+        ]
         if records:
             run_report(records, study_dir / "report", title=f"study {spec.name}")
     return csv

@@ -5,6 +5,7 @@ writing its record but before telling it (`tell_recorded`): the record is the re
 trial is told once from it and never run again.
 """
 
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,26 @@ def result_of(spec: StudySpec, rec: dict, out_dir: Path) -> Result:
     return Result(state, None, attrs, constraints)
 
 
+def replicate_result(spec: StudySpec, recs: list[dict], out_dirs: list[Path]) -> Result:
+    """One trial run with several seeds: the first replicate that is not a success decides the
+    state; else COMPLETE with the mean of each objective over the seeds, and the user attrs of
+    the first replicate plus ``replicates``, ``objective_sd`` and ``replicate_dirs``. A
+    constraint holds only when it holds for every seed (the largest value is kept)."""
+    results = [result_of(spec, r, d) for r, d in zip(recs, out_dirs, strict=True)]
+    bad = next((r for r in results if r.state != TrialState.COMPLETE), None)
+    first = bad or results[0]
+    attrs = {**first.attrs, "replicates": len(recs),
+             "replicate_dirs": [str(d.resolve()) for d in out_dirs]}  # fmt: skip
+    constraints = {k: max(r.constraints.get(k, v) for r in results)
+                   for k, v in first.constraints.items()}  # fmt: skip
+    if bad is not None:
+        return Result(bad.state, None, attrs, constraints)
+    values = [statistics.fmean(v) for v in zip(*(r.values for r in results), strict=True)]
+    attrs["objective_sd"] = [statistics.stdev(v) for v in zip(*(r.values for r in results),
+                                                              strict=True)]  # fmt: skip
+    return Result(TrialState.COMPLETE, values, attrs, constraints)
+
+
 def tell(study: optuna.Study, trial: optuna.Trial, result: Result) -> None:
     for key, value in result.attrs.items():
         trial.set_user_attr(key, value)
@@ -67,9 +88,13 @@ def tell_recorded(study: optuna.Study, dead: FrozenTrial, *, spec: StudySpec) ->
     from the record (same params, record dir and grid point) and return True; the dead trial
     stays a FAIL without a status, which no count or report reads. False: no record."""
     rec_dir = dead.user_attrs.get("record_dir")
-    if not rec_dir or not (Path(rec_dir) / RECORD_NAME).is_file():
+    dirs = [Path(d) for d in dead.user_attrs.get("replicate_dirs") or []]
+    if dirs and all((d / RECORD_NAME).is_file() for d in dirs):
+        result = replicate_result(spec, [read_record(d) for d in dirs], dirs)
+    elif dirs or not rec_dir or not (Path(rec_dir) / RECORD_NAME).is_file():
         return False
-    result = result_of(spec, read_record(Path(rec_dir)), Path(rec_dir))
+    else:
+        result = result_of(spec, read_record(Path(rec_dir)), Path(rec_dir))
     study.add_trial(
         optuna.create_trial(
             state=result.state,
