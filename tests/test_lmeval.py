@@ -16,10 +16,10 @@ import yaml
 from harness.assets.embedded_model import ensure_embedded_model
 from harness.errors import ConfigError
 from harness.evaluate.cache import base_scores_cached
+from harness.evaluate.headline import primary_metric
 from harness.evaluate.lmeval import (
     evaluate_lm,
     merge_before_after,
-    primary_metric,
     resolve_batch_size,
     scores_from_results,
 )
@@ -95,6 +95,8 @@ def test_every_yaml_has_header_version_and_directions():
         cfg = yaml.load(text, Loader=loader)  # noqa: S506
         assert cfg["task"] == name
         assert cfg["metadata"]["version"] >= 1.0
+        declared = cfg["metadata"]["primary_metric"]  # the headline metric, in lm-eval's naming
+        assert declared.split(",")[0] in {m["metric"] for m in cfg["metric_list"]}
         assert all(isinstance(m["higher_is_better"], bool) for m in cfg["metric_list"])
 
 

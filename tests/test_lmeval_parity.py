@@ -1,5 +1,9 @@
 """Parity: on the same saved model and task YAMLs, ``evaluate_lm`` equals lm-eval's command line.
 
+This checks the harness's lm-eval glue against lm-eval's own CLI on a model both can load. That a
+record's own numbers come back from the command the record prints (the 4-bit model as trained,
+which lm-eval's CLI cannot load) is tests/test_scores_repro.py.
+
 Default (CI, CPU): the embedded SmolLM2-135M plus a small random LoRA adapter, saved as an adapter
 and as a merged model, 4 items of qh_arc_easy, qh_lambada (a continuous perplexity: any difference
 in weights, dtype or prompt shows) and qh_embedded; values and stderrs must agree to 1e-6.

@@ -38,6 +38,7 @@ PROMPT_FORMATS = ("auto", "chat", "alpaca")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 PACKING_STRATEGIES = ("bfd", "wrapped")
 DEVICES = ("auto", "cpu", "cuda")
+SCORED_FORMS = ("4bit", "merged")
 MIN_SEQ_LEN = 64  # tokens: 29 of Alpaca template + an instruction and its answer
 
 
@@ -215,9 +216,11 @@ class EvalConfig:
     tasks: list[str] = field(default_factory=lambda: ["qh_embedded"])
     limit: float | None = 32  # items per task (int) or fraction (<1); null = all
     num_fewshot: int | None = None
-    batch_size: str = "auto"  # "auto" on CUDA; on the CPU, auto means 8
+    batch_size: str = "auto"  # an int, or auto: lm-eval's probe on CUDA, 8 on the CPU
     data_dir: str | None = None  # offline datasets; null = $HARNESS_DATA_DIR or ../shared/data
     base_scores: bool = True  # also score the base model (cached per base model + quant)
+    include_path: str | None = None  # a folder of your own lm-eval task YAMLs (docs/scores.md)
+    scored_form: str = "4bit"  # 4bit: the model as trained, in memory | merged: merged 16-bit
 
     def __post_init__(self) -> None:
         if self.limit is not None:
@@ -225,6 +228,10 @@ class EvalConfig:
         if self.num_fewshot is not None and self.num_fewshot < 0:
             raise ConfigError("eval.num_fewshot", self.num_fewshot, "an integer >= 0, or null")
         self.tasks = list(self.tasks)
+        _one_of("eval.scored_form", self.scored_form, SCORED_FORMS)
+        bs = str(self.batch_size)
+        if not (bs.isdigit() and int(bs) > 0) and bs.split(":")[0] != "auto":
+            raise ConfigError("eval.batch_size", self.batch_size, "a positive int or auto")
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""The base model's lm-eval scores, cached per base model, quant, tasks and data: a sweep scores
-its base once. One JSON file shared by all trials, rewritten atomically under a file lock."""
+"""The base model's lm-eval scores, cached per base model, quant, engine, scored form, batch size,
+seed and the content of every task and data file: a sweep scores its base once. One JSON file
+shared by all trials, rewritten atomically under a file lock."""
 
 import fcntl
 import hashlib
@@ -19,22 +20,22 @@ log = logging.getLogger(__name__)
 Scores = dict[str, dict[str, dict[str, Any]]]
 
 
-def base_scores_cached(
-    key: dict[str, Any], compute: Callable[[], Scores], *, cache_file: Path
-) -> Scores:
+def base_scores_cached(key: dict[str, Any], compute: Callable[[], Any], *, cache_file: Path) -> Any:
     """Base-model scores from ``cache_file``, computed by ``compute()`` on a miss.
 
     Args:
-        key: What the scores depend on: model identity (name, revision or weights hash), quant
-            settings, tasks, limit, num_fewshot, data dir. The lm-eval version and a hash of the
-            shipped task files are added here, so a changed YAML or lm-eval never hits a stale
-            entry.
-        compute: Scores the base model; called only on a miss.
+        key: What the scores depend on: model identity (weights and their fingerprint), quant
+            and engine settings, scored form, tasks, limit, num_fewshot, batch size, seed and the
+            sha1 of every task and data file (harness/evaluate/fingerprint.py). The lm-eval
+            version and a hash of the shipped task files are added here, so a changed YAML, data
+            row or lm-eval never hits a stale entry.
+        compute: Scores the base model, returning anything JSON can hold (the trial stores
+            scores, per-item metrics and primary metrics); called only on a miss.
         cache_file: A JSON file ``{sha1: {"key": ..., "scores": ...}}`` shared by all trials;
             rewritten atomically under a file lock, so parallel trials never lose an entry.
 
     Returns:
-        The scores, in ``evaluate_lm``'s shape.
+        What ``compute`` returned, now or for an earlier trial with the same key.
     """
     full_key = {
         **key,

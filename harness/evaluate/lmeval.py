@@ -1,47 +1,50 @@
-"""Quality: score the in-memory model with lm-eval, cache the base model's scores, pair them up.
+"""Quality: score an in-memory model with lm-eval and pair base and tuned scores up.
 
 The numbers are lm-eval's own: the model is wrapped in lm-eval's ``HFLM`` and scored by
-``lm_eval.simple_evaluate`` on the task YAMLs of ``harness/tasks/`` (see ``lmeval_tasks``), the
-same files lm-eval's command line reads with ``--include_path``. tests/test_lmeval_parity.py
-checks that both give the same scores.
+``lm_eval.simple_evaluate`` on the task YAMLs of ``harness/evaluate/tasks/`` and the user's folder
+(see ``registry.materialize_tasks``), the same files lm-eval's command line reads with
+``--include_path``. tests/test_lmeval_parity.py checks that both give the same scores.
 
 Scores have one shape everywhere: ``{task: {metric: {"value", "stderr", "higher_is_better"}}}``.
 """
 
 import logging
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
 from harness.evaluate.cache import write_json_atomic
+from harness.evaluate.items import items_from_samples, metric_name
 from harness.evaluate.registry import (
     EMBEDDED_DIR_TOKEN,
-    TASK_PREFIX,
     TASKS_DIR,
+    harness_tasks,
     materialize_tasks,
 )
+from harness.evaluate.user_tasks import user_task_names
 
 log = logging.getLogger(__name__)
 
 Scores = dict[str, dict[str, dict[str, Any]]]
 
-# The headline metric of each task: what a single "score" of a trial should read.
-PRIMARY_METRICS = {
-    "qh_arc_easy": "acc_norm",
-    "qh_arc_challenge": "acc_norm",
-    "qh_hellaswag": "acc_norm",
-    "qh_piqa": "acc_norm",
-    "qh_winogrande": "acc",
-    "qh_lambada": "acc",
-    "qh_wikitext2": "word_perplexity",
-    "qh_gsm8k": "exact_match_strict_match",
-    "qh_embedded": "exact_match",
-}
-_FALLBACK_METRICS = ("acc_norm", "acc", "exact_match", "exact_match_strict_match")
+
+@dataclass
+class Evaluation:
+    """One lm-eval run: scores, per-item metrics, each task's declared primary metric."""
+
+    scores: Scores
+    items: list[dict[str, Any]] = field(default_factory=list)
+    primary: dict[str, str | None] = field(default_factory=dict)
 
 
-def evaluate_lm(
+def evaluate_lm(model: Any, tokenizer: Any, tasks: list[str], **kwargs: Any) -> Scores:
+    """``run_lm_eval``'s scores alone (same arguments)."""
+    return run_lm_eval(model, tokenizer, tasks, **kwargs).scores
+
+
+def run_lm_eval(
     model: Any,
     tokenizer: Any,
     tasks: list[str],
@@ -53,13 +56,15 @@ def evaluate_lm(
     num_fewshot: int | None = None,
     seed: int = 0,
     work_dir: Path,
-) -> Scores:
+    include_path: Path | None = None,
+) -> Evaluation:
     """Score an in-memory model (plain, quantized or peft-wrapped) on lm-eval tasks.
 
     Args:
         model: The causal LM to score, on its device; its train/eval mode is restored after.
         tokenizer: Its tokenizer.
-        tasks: ``qh_*`` names of the harness's tasks, or any task name lm-eval ships.
+        tasks: ``qh_*`` names of the harness's tasks, the user's (``include_path``), or any
+            task name lm-eval ships.
         data_dir: The offline datasets (``eval.data_dir``).
         embedded_dir: Folder with ``heldout.jsonl`` for ``qh_embedded``, else None.
         limit: Items per task (int), a fraction of each task (float <= 1), or None for all.
@@ -67,9 +72,11 @@ def evaluate_lm(
         num_fewshot: Overrides each task's few-shot count (None keeps the YAML's).
         seed: Seeds python, numpy, torch and the few-shot sampler, as ``lm_eval --seed``.
         work_dir: Where the materialized tasks and lm-eval's raw results go.
+        include_path: The user's task folder (``eval.include_path``), or None.
 
     Returns:
-        ``{task: {metric: {"value": float, "stderr": float | None, "higher_is_better": bool}}}``.
+        The scores ``{task: {metric: {"value", "stderr", "higher_is_better"}}}``, lm-eval's
+        per-item metrics and each task's ``metadata.primary_metric`` (None where undeclared).
     """
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -81,10 +88,12 @@ def evaluate_lm(
     if embedded_dir is None and any(_reads_embedded_dir(name) for name in tasks):
         raise ConfigError("eval.tasks", tasks, "qh_embedded needs embedded_dir (its heldout.jsonl)")
     include = materialize_tasks(
-        work_dir / "lm_eval_tasks", data_dir=data_dir, embedded_dir=embedded_dir
-    )
-    # Indexing lm-eval's own ~15k task YAMLs costs ~10 s: only when a non-harness task needs it.
-    needs_defaults = any(not name.startswith(TASK_PREFIX) for name in tasks)
+        work_dir / "lm_eval_tasks", data_dir=data_dir, embedded_dir=embedded_dir,
+        include_path=include_path,
+    )  # fmt: skip
+    # Indexing lm-eval's own ~15k task YAMLs costs ~10 s: only when a task of its own needs it.
+    known = set(harness_tasks()) | set(user_task_names(include_path) if include_path else ())
+    needs_defaults = any(name not in known for name in tasks)
     manager = TaskManager(include_path=str(include), include_defaults=needs_defaults)
     was_training = model.training
     lm = HFLM(
@@ -98,7 +107,7 @@ def evaluate_lm(
             num_fewshot=num_fewshot,
             limit=limit,
             task_manager=manager,
-            log_samples=False,
+            log_samples=True,  # per-item metrics: eval_items.jsonl, for paired comparisons
             random_seed=seed,
             numpy_random_seed=seed,
             torch_random_seed=seed,
@@ -107,8 +116,13 @@ def evaluate_lm(
     finally:
         model.train(was_training)
         _restore_rng_state(rng)  # lm-eval reseeds the global RNGs; the trial's stream goes on
+    samples = results.pop("samples", None) or {}
     write_json_atomic(work_dir / "lm_eval_results.json", results)
-    return scores_from_results(results)
+    primary = {
+        task: ((cfg.get("metadata") or {}).get("primary_metric"))
+        for task, cfg in (results.get("configs") or {}).items()
+    }
+    return Evaluation(scores_from_results(results), items_from_samples(samples), primary)
 
 
 def scores_from_results(results: dict[str, Any]) -> Scores:
@@ -127,7 +141,7 @@ def scores_from_results(results: dict[str, Any]) -> Scores:
             metric, _, filt = key.partition(",")
             if not filt or metric.endswith("_stderr") or not isinstance(value, int | float):
                 continue
-            name = metric if filt == "none" else f"{metric}_{filt.replace('-', '_')}"
+            name = metric_name(metric, filt)
             out[name] = {
                 "value": float(value),
                 "stderr": _finite_or_none(metrics.get(f"{metric}_stderr,{filt}")),
@@ -145,14 +159,6 @@ def resolve_batch_size(batch_size: int | str, model: Any) -> int | str:
         device = getattr(model, "device", None)
         return batch_size if getattr(device, "type", "cpu") == "cuda" else 1
     raise ConfigError("eval.batch_size", batch_size, 'a positive int, "auto" or "auto:N"')
-
-
-def primary_metric(task: str, metrics: dict[str, Any]) -> str | None:
-    """The headline metric of ``task`` among ``metrics`` (e.g. acc_norm for ARC), else None."""
-    for name in (PRIMARY_METRICS.get(task), *_FALLBACK_METRICS):
-        if name in metrics:
-            return name
-    return next(iter(metrics), None)
 
 
 def merge_before_after(before: Scores, after: Scores) -> Scores:

@@ -1,9 +1,10 @@
-"""The harness's own lm-eval tasks: ship them, write them out for a data dir, and check them early.
+"""The lm-eval tasks a trial scores: ship them, write them out for a data dir, check them early.
 
 The task YAMLs in ``harness/tasks/`` point at data through two placeholders, ``__DATA_DIR__``
 (``eval.data_dir``) and ``__EMBEDDED_DIR__`` (where the harness writes the embedded model's
 held-out set). ``materialize_tasks`` writes a copy with real paths that both ``TaskManager`` and
-lm-eval's command line read (``--include_path``), so the two score the very same YAML.
+lm-eval's command line read (``--include_path``), so the two score the very same YAML. The
+user's own tasks (``eval.include_path``, harness/evaluate/user_tasks.py) are written beside them.
 """
 
 import functools
@@ -16,6 +17,7 @@ from typing import Any
 import yaml
 
 from harness.errors import ConfigError
+from harness.evaluate import user_tasks
 from harness.evaluate.tasks import utils as task_utils
 
 TASKS_DIR = Path(__file__).parent / "tasks"
@@ -54,7 +56,9 @@ def tasks_fingerprint() -> str:
     return digest.hexdigest()
 
 
-def materialize_tasks(out_dir: Path, *, data_dir: Path, embedded_dir: Path | None) -> Path:
+def materialize_tasks(
+    out_dir: Path, *, data_dir: Path, embedded_dir: Path | None, include_path: Path | None = None
+) -> Path:
     """Write the task YAMLs (placeholders replaced) and utils.py into ``out_dir``.
 
     Args:
@@ -62,6 +66,7 @@ def materialize_tasks(out_dir: Path, *, data_dir: Path, embedded_dir: Path | Non
         data_dir: The offline datasets (``eval.data_dir``).
         embedded_dir: Folder holding ``heldout.jsonl`` for ``qh_embedded``; None leaves that
             task out, since it has nothing to read.
+        include_path: The user's task folder (``eval.include_path``), copied into ``user/``.
 
     Returns:
         The include path for ``TaskManager(include_path=...)`` and ``lm_eval --include_path``.
@@ -77,10 +82,14 @@ def materialize_tasks(out_dir: Path, *, data_dir: Path, embedded_dir: Path | Non
             text = text.replace(EMBEDDED_DIR_TOKEN, _yaml_quoted(embedded_dir))
         (out_dir / path.name).write_text(text)
     (out_dir / "utils.py").write_bytes((TASKS_DIR / "utils.py").read_bytes())
+    if include_path is not None:
+        user_tasks.copy_user_tasks(Path(include_path), out_dir, data_dir=data_dir)
     return out_dir
 
 
-def check_tasks(tasks: list[str], *, data_dir: Path, embedded_dir: Path | None) -> None:
+def check_tasks(
+    tasks: list[str], *, data_dir: Path, embedded_dir: Path | None, include_path: Path | None = None
+) -> None:
     """Pre-flight, before any model is loaded: every task is known and its data reads cleanly.
 
     Reads every row of every file the harness's tasks need (~0.3 s for all of them). A name
@@ -92,6 +101,7 @@ def check_tasks(tasks: list[str], *, data_dir: Path, embedded_dir: Path | None) 
         data_dir: The offline datasets (``eval.data_dir``).
         embedded_dir: Folder holding ``heldout.jsonl``; None when the harness writes it only
             later in the trial, which skips the check of ``qh_embedded``'s rows.
+        include_path: The user's task folder: its tasks are checked by ``user_tasks``.
 
     Raises:
         ConfigError: ``eval.tasks`` for an unknown name; ``eval.data_dir`` naming the task and
@@ -99,21 +109,33 @@ def check_tasks(tasks: list[str], *, data_dir: Path, embedded_dir: Path | None) 
     """
     if not tasks:
         raise ConfigError("eval.tasks", tasks, "at least one task")
-    check_task_names(tasks)
+    theirs = check_task_names(tasks, include_path)
     for name in set(tasks) & set(harness_tasks()):
         _check_data(name, data_dir=data_dir, embedded_dir=embedded_dir)
+    if theirs:
+        user_tasks.check_user_tasks(theirs, include_path, data_dir=data_dir)
 
 
-def check_task_names(tasks: list[str]) -> None:
-    """Every name is a harness task or one of lm-eval's (no data read); else ConfigError."""
+def check_task_names(tasks: list[str], include_path: Path | None = None) -> list[str]:
+    """Every name is a shipped task, one of the user's folder or one of lm-eval's (no data
+    read); else ConfigError. Returns the names the user's folder defines."""
     ours = set(harness_tasks())
+    users = set(user_tasks.user_task_names(include_path)) if include_path else set()
+    clash = sorted(ours & users)
+    if clash:
+        raise ConfigError("eval.include_path", str(include_path),
+                          f"defines {clash[0]}, a shipped task's name; rename it")  # fmt: skip
     for name in tasks:
-        if name not in ours and (name.startswith(TASK_PREFIX) or name not in _lm_eval_task_names()):
+        if name in ours or name in users:
+            continue
+        if name.startswith(TASK_PREFIX) or name not in _lm_eval_task_names():
+            mine = f", {', '.join(sorted(users))} (eval.include_path)" if users else ""
             raise ConfigError(
                 "eval.tasks",
                 name,
-                f"known: {', '.join(sorted(ours))}, or a task name of lm-eval's own",
+                f"known: {', '.join(sorted(ours))}{mine}, or a task name of lm-eval's own",
             )
+    return [name for name in tasks if name in users]
 
 
 def _check_data(name: str, *, data_dir: Path, embedded_dir: Path | None) -> None:

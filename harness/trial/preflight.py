@@ -87,8 +87,9 @@ def preflight(cfg: TrialConfig) -> Plan:
     if cfg.eval.tasks:
         from harness.evaluate.registry import check_task_names, check_tasks
 
+        include = cfg.eval.include_path
         if cfg.model.source == "random":  # never evaluated, but a misspelt task is still refused
-            check_task_names(cfg.eval.tasks)
+            check_task_names(cfg.eval.tasks, include)
         else:
-            check_tasks(cfg.eval.tasks, data_dir=data_dir, embedded_dir=None)
+            check_tasks(cfg.eval.tasks, data_dir=data_dir, embedded_dir=None, include_path=include)
     return Plan(device, targets, optimizer, hf_config, train_examples, heldout_examples, data_dir)

@@ -20,7 +20,10 @@ Schema (``schema_version`` 1). Every measurement carries its unit in its name.
     overrides           the Hydra overrides of this job, e.g. ["lora.r=16", "quant=fp4"]
     choices             the Hydra group choices, e.g. {"model": "smollm2-135m", "quant": "nf4"}
     model               {name, source, random_weights, architecture, hidden_size, num_layers,
-                         intermediate_size, vocab_size, num_heads, num_kv_heads}
+                         intermediate_size, vocab_size, num_heads, num_kv_heads,
+                         weights_dir (the base weights folder loaded), model_class,
+                         weights_name (e.g. "<file>.gguf sha256:<16 hex>": tells files apart)}
+    prompt              {format: "chat" | "alpaca", why}  (data.prompt_format resolved)
     params              {total, trainable, trainable_pct}
     optimizer           {requested, used, fallback_reason}
     device              {type: "cuda"|"cpu", name, total_memory_gib}
@@ -37,8 +40,19 @@ Schema (``schema_version`` 1). Every measurement carries its unit in its name.
                          eval_curve: [{step, loss}]}
     lm_eval             {task: {metric: {before, after, delta, stderr_before, stderr_after,
                          higher_is_better}}}     (empty for random-weight models)
-    score               the headline quality number: the first task's first metric after
-                        tuning (sign-flipped where lower is better); null when not measured
+    eval                what was scored and how (harness/evaluate/run.py): {scored_form
+                        ("4bit" | "merged"), scored_model, adapter_dtypes, device, batch_size,
+                        batch_size_auto, limit, num_fewshot, seed, tasks, primary_metrics,
+                        data_dir, include_path, task_dir, files ({file: sha1} of every task and
+                        data file read), files_sha1, items ("eval_items.jsonl": per-item
+                        metrics, both phases), before_from_cache, reproduce (the command that
+                        scores it again: python -m harness.evaluate <trial dir>)}
+    score               the headline quality number (harness/evaluate/headline.py): the mean
+                        over tasks of each task's primary metric after tuning; null when not
+                        measured
+    score_stderr        its standard error: sqrt(sum of the tasks' stderr^2) / n_tasks
+    score_detail        {aggregation, before, scored_form, tasks: {task: {metric, after,
+                         stderr_after, before, higher_is_better, in_score}}}
     peak_rss_gib        highest process RSS over the phases (CPU trials)
     oom                 {phase, peak_allocated_gib, peak_reserved_gib}  (status "oom" only)
     timings_s           {load, train, eval, total}
@@ -90,6 +104,8 @@ def new_record(cfg, overrides: list[str] | None, choices: dict | None, optimizer
         "device": device_info(device),
         "lm_eval": {},
         "score": None,
+        "score_stderr": None,
+        "score_detail": None,
         "artifacts": {"adapter_dir": None, "merged_dir": None},
         "env": environment(),
     }
