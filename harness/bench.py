@@ -10,7 +10,10 @@ The files are `benchmarks/*.yaml`; the logic is `harness/benchmark/`.
 
 import sys
 
-from harness.benchmark.run import main
+from harness.logs import quiet_third_party
 
 if __name__ == "__main__":
+    quiet_third_party()
+    from harness.benchmark.run import main
+
     sys.exit(main())

@@ -13,8 +13,10 @@ from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue, ValidationError
 
 from harness.config.migrate import migrate_override
-from harness.config.schema import register_configs, to_trial_config
+from harness.config.schema import TRIAL_GROUPS, register_configs, to_trial_config
 from harness.errors import ConfigError
+from harness.logs import quiet_third_party
+from harness.paths import output_root
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 log = logging.getLogger("harness")
@@ -22,8 +24,12 @@ log = logging.getLogger("harness")
 
 def main() -> None:
     """`python -m harness [overrides]`: register the schema, migrate old keys, run Hydra."""
+    quiet_third_party()
     register_configs()
     args = sys.argv[1:]
+    if "--help" in args or "-h" in args:
+        sys.exit(_help(args))
+    output_root().mkdir(parents=True, exist_ok=True)  # Hydra searches it for pinned experiments
     migrated = [a if a.startswith("-") else migrate_override(a) for a in args]
     if migrated != args:
         old = " ".join(a for a, m in zip(args, migrated, strict=True) if a != m)
@@ -49,6 +55,28 @@ def _check_command(args: list[str]) -> None:
         sys.exit(2)
 
 
+def _help(args: list[str]) -> int:
+    """`--help`: groups and keys from the schema; `--help <group>`: that group's keys in full."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf, open_dict
+
+    from harness.config.describe import render
+
+    flag = args.index("--help") if "--help" in args else args.index("-h")
+    group = args[flag + 1] if flag + 1 < len(args) else None
+    if group is not None and group not in TRIAL_GROUPS:
+        print(f"error: --help {group}: not a group; groups: {', '.join(TRIAL_GROUPS)}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        dcfg = compose("config", return_hydra_config=True)
+    choices = dict(dcfg.hydra.runtime.choices)
+    with open_dict(dcfg):
+        del dcfg["hydra"]
+    print(render(Path(CONF_DIR), OmegaConf.to_container(dcfg, resolve=True), choices, group))
+    return 0
+
+
 def job_context() -> tuple[list[str], dict, Path]:
     """(overrides, group choices, output dir) of the current Hydra job."""
     hc = HydraConfig.get()
@@ -60,6 +88,7 @@ def job_context() -> tuple[list[str], dict, Path]:
 def _hydra_main(dcfg: DictConfig) -> float | None:
     """Run one trial; in a multirun every job lands here."""
     quiet_libraries()
+    quiet_third_party()  # again: Hydra's job logging setup came after main()
     try:
         cfg = to_trial_config(dcfg)
         overrides, choices, out_dir = job_context()

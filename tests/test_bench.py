@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -61,12 +62,44 @@ def test_table_rows_carry_ratios_within_their_own_run(two_runs: Path) -> None:
     by = {(r[0].strip("| "), r[1]): r for r in rows}
     # the earlier run: fast 12,493 / plain 5,778 tokens/s; 14.13 / 16.56 GiB reserved
     fast = by[(PRESETS[0].name, "`fast`")]
-    assert fast[2:9] == ["NVIDIA H200", "12,493", "`plain`", "2.16x", "14.13", "0.854x", "74.3%"]
-    assert fast[9] == "50 (5) |"
+    assert fast[2:11] == [
+        "NVIDIA H200",
+        "12,493",
+        "`plain`",
+        "2.16x",
+        "14.13",
+        "0.854x",
+        "-",
+        "-",
+        "74.3%",
+    ]  # fmt: skip  (no reference loop in that run: no ratio to it)
+    assert fast[11] == "50 (5) |"
     # the same configuration against each run's own plain: 11,867 / 5,778 and 11,710 / 5,943
     assert by[(PRESETS[0].name, "`lean_top4_slim_cap8.2`")][5] == "2.05x"
     assert by[(PRESETS[1].name, "`lean_top4_slim_cap8.2`")][5] == "1.97x"
     assert by[(PRESETS[1].name, "`plain`")][4:8] == ["-", "1.00x", "16.56", "1.000x"]
+
+
+def test_each_row_carries_its_ratio_to_the_reference_loop_of_its_run() -> None:
+    """The H100 run with plain, the hand-written loop, Unsloth and the presets in one call."""
+    run = RECORDS / "presets" / "20261206T072105Z-h100-80gb-hbm3"
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        _copy_run(run, root, ["plain", "loop", "unsloth", "fast", "lean"])
+        rows = [r.split(" | ") for r in render_suite(root, "presets").splitlines()[2:]]
+    by = {r[1]: r for r in rows}
+    # fast 11,962 / loop 7,256 tokens/s; 14.70 / 23.01 GiB reserved
+    assert by["`fast`"][3:10] == [
+        "11,962",
+        "`plain`",
+        "2.26x",
+        "14.70",
+        "0.888x",
+        "1.65x",
+        "0.639x",
+    ]
+    assert by["`loop`"][8:10] == ["1.00x", "1.000x"] and by["`plain`"][8] == "0.73x"
+    assert by["`unsloth`"][3] == "8,812" and by["`lean`"][8] == "1.53x"
 
 
 def test_regenerating_the_doc_replaces_the_marked_sections_and_is_deterministic(
@@ -114,7 +147,11 @@ BAD_FILES = {
     "bad_yaml.yaml": ("configurations: [\n  - name: plain\n", "not valid YAML at line"),
     "unknown_key.yaml": (
         "configurations:\n  - name: plain\n    overides: [engine=plain]\n",
-        "unknown key configurations[0].overides: allowed: name, overrides, reference",
+        "unknown key configurations[0].overides: allowed: name, overrides, reference, runner",
+    ),
+    "bad_runner.yaml": (
+        "configurations:\n  - name: plain\n    overrides: [engine=plain]\n    runner: lopo\n",
+        "configurations[0].runner='lopo': allowed: trial, loop",
     ),
     "late_reference.yaml": (
         "configurations:\n  - name: fast\n    overrides: [engine=fast]\n    reference: plain\n"
@@ -216,6 +253,7 @@ def test_the_runner_runs_real_trials_on_the_cpu(tmp_path: Path) -> None:
                 "configurations": [
                     {"name": "plain", "overrides": ["engine=plain"]},
                     {"name": "plain_r4", "overrides": ["engine=plain", "lora.r=4"]},
+                    {"name": "loop", "overrides": [], "runner": "loop"},
                 ],
             }
         )  # fmt: skip
@@ -227,3 +265,9 @@ def test_the_runner_runs_real_trials_on_the_cpu(tmp_path: Path) -> None:
         rec = json.loads((run_dir / name / "record.json").read_text())
         assert rec["status"] == "success" and rec["config"]["lora"]["r"] == r
     assert "| `plain_r4` | cpu |" in proc.stdout  # the suite's table, printed
+    loop = json.loads((run_dir / "loop" / "record.json").read_text())  # the hand-written loop
+    assert loop["status"] == "success" and loop["runner"] == "loop"
+    assert loop["throughput"]["timed_steps"] == 1 and loop["throughput"]["padded_tokens_per_s"] > 0
+    assert len(loop["loss"]["curve"]) == 2 and loop["params"]["trainable"] > 0
+    manifest = json.loads((run_dir / "run.json").read_text())
+    assert [c["runner"] for c in manifest["configurations"]] == ["trial", "trial", "loop"]

@@ -79,7 +79,7 @@ def test_a_bad_grid_point_stops_the_grid_before_any_trial(tmp_path):
     [
         ("quant=int3", "quant=int3: no such quant config; available: fp4, nf4, none"),
         ("optim=foo", "optim=foo: no such optim config; available: adamw_8bit"),
-        ("lora.rank=8", "lora.rank=8: no such key; keys under lora: r, alpha"),
+        ("lora.rank=8", "lora.rank=8: no such key (did you mean lora.r?); keys under lora: r, a"),
         ("lora.r=abc", "lora.r=abc: must be an integer"),
         ("quant.double_quant=maybe", "quant.double_quant=maybe: must be true or false"),
         ("+lora.foo=1", "lora.foo=1: no such key"),

@@ -22,11 +22,15 @@ from pathlib import Path
 import torch
 
 from harness.errors import ConfigError
-from harness.trial import data as data_mod
-from harness.trial import flops, outcome
-from harness.trial import model as models
-from harness.trial.measure import PhaseMemory, Stopwatch, sync, throughput
-from harness.trial.record import new_record, write_record
+from harness.logs import quiet_third_party
+
+quiet_third_party()  # before bitsandbytes is imported (harness.trial imports it)
+
+from harness.trial import data as data_mod  # noqa: E402
+from harness.trial import flops, outcome  # noqa: E402
+from harness.trial import model as models  # noqa: E402
+from harness.trial.measure import PhaseMemory, Stopwatch, sync, throughput  # noqa: E402
+from harness.trial.record import new_record, write_record  # noqa: E402
 
 
 def compose(overrides: list[str]):

@@ -112,6 +112,7 @@ class EngineConfig:
     def cuda_levers(self) -> dict[str, object]:
         """The levers set here that act on GPU memory or run CUDA kernels only."""
         on = {
+            "backend": self.backend == "unsloth",
             "kernels": self.kernels == "liger",
             "dequant_kernel": self.dequant_kernel == "triton",
             "checkpointing": self.checkpointing == "offload",
@@ -119,6 +120,5 @@ class EngineConfig:
             "embeddings_on_cpu": self.embeddings_on_cpu,
             "head_on_cpu": self.head_on_cpu,
             "memory_cap_gib": self.memory_cap_gib,
-            "backend": self.backend == "unsloth",
         }
         return {key: getattr(self, key) for key, used in on.items() if used}

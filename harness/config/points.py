@@ -8,6 +8,7 @@ same one line as the schema's: `error: <field>=<value>: <what is allowed>`.
 
 import dataclasses
 import re
+from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -27,21 +28,40 @@ from omegaconf.errors import (
     ValidationError,
 )
 
-from harness.config.schema import to_trial_config
+from harness.config.schema import TRIAL_GROUPS, to_trial_config
+from harness.config.suggest import ROOT_KEYS, closest_option, did_you_mean
 from harness.errors import ConfigError
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
+# Hydra flags that take a value (`--cfg job`, `-p lora`); `--info` takes one optionally
+VALUE_FLAGS = ("--cfg", "-c", "--package", "-p")
+INFO_VALUES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+# flags after which the command composes no config of ours, or another config: Hydra answers
+OWN_CONFIG_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
+                    "--hydra-help", "--version", "--shell-completion", "-sc", "--help", "-h",
+                    "--experimental-rerun")  # fmt: skip
 TYPE_WORDS = {"integer": "an integer", "float": "a number"}
+NO_EXPERIMENT = "no such pinned experiment in <output root>/experiment/ or conf/experiment/"
 
 
 def command_points(args: list[str]) -> list[list[str]] | None:
-    """The override list of every job `python -m harness ARGS` would run; None where ARGS carry a
-    flag other than -m (--help, --cfg job, ...): Hydra answers those itself."""
-    flags = [a for a in args if a.startswith("-")]
-    if any(f not in MULTIRUN_FLAGS for f in flags):
-        return None
-    overrides = [a for a in args if not a.startswith("-")]
-    if not flags:
+    """The override list of every job `python -m harness ARGS` would compose, `--cfg job` and
+    `--info` included; None where ARGS name another config or a flag that composes none."""
+    overrides, multirun, i = [], False, 0
+    while i < len(args):
+        a = args[i]
+        if a.split("=", 1)[0] in OWN_CONFIG_FLAGS:
+            return None
+        if a in MULTIRUN_FLAGS:
+            multirun = True
+        elif a in VALUE_FLAGS:
+            i += 1
+        elif a in ("--info", "-i"):
+            i += 1 if i + 1 < len(args) and args[i + 1] in INFO_VALUES else 0
+        elif not a.startswith("-"):
+            overrides.append(a)
+        i += 1
+    if not multirun:
         return [overrides]
     parsed = OverridesParser.create().parse_overrides(overrides)
     return BasicSweeper.split_arguments(parsed, None)[0]
@@ -52,10 +72,13 @@ def check_points(conf_dir: str, points: list[list[str]]) -> str | None:
 
     A grid of 100 points costs about a second: one Hydra init, one compose per point.
     """
+    from harness.config.describe import group_options
+
     swept = _swept_keys(points)
+    pinned = group_options(Path(conf_dir), "experiment")
     with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
         for i, point in enumerate(points):
-            line = _point_error(point)
+            line = _pinned_error(point, pinned) or _point_error(point)
             if line is None:
                 continue
             if len(points) == 1:
@@ -65,11 +88,23 @@ def check_points(conf_dir: str, points: list[list[str]]) -> str | None:
     return None
 
 
+def _pinned_error(point: list[str], pinned: list[str]) -> str | None:
+    """An unknown `experiment=<name>`: the group is optional, so Hydra would run the defaults."""
+    name = _value_of("experiment", point)
+    if name in ("?", "null") or name in pinned:
+        return None
+    return f"experiment={name}: {NO_EXPERIMENT}; pinned: {', '.join(pinned) or 'none yet'}"
+
+
 def _point_error(point: list[str]) -> str | None:
     try:
         dcfg: DictConfig = compose("config", overrides=point, return_hydra_config=True)
         with open_dict(dcfg):
             del dcfg["hydra"]
+        unknown = [k for k in dcfg if k not in (*TRIAL_GROUPS, *ROOT_KEYS)]
+        if unknown:  # `+trian.lr=1` composes: the schema's root would silently drop it
+            key = _override_key(str(unknown[0]), point)
+            return f"{key}={_value_of(key, point)}: no such key{did_you_mean(key)}"
         to_trial_config(dcfg)
     except (ConfigError, HydraException, OmegaConfBaseException) as e:
         return error_line(e, point)
@@ -79,7 +114,7 @@ def _point_error(point: list[str]) -> str | None:
             raise
         keys = [o.partition("=")[0].lstrip("+~") for o in point]
         key = next((k for k in keys if k.endswith(f".{name.group(1)}")), name.group(1))
-        return f"{key}={_value_of(key, point)}: no such key"
+        return f"{key}={_value_of(key, point)}: no such key{did_you_mean(key)}"
     return None
 
 
@@ -89,12 +124,18 @@ def error_line(e: Exception, overrides: list[str]) -> str:
         return str(e)
     if isinstance(e, MissingConfigException) and e.missing_cfg_file and e.options:
         group, _, value = e.missing_cfg_file.rpartition("/")
-        return f"{group}={value}: no such {group} config; available: {', '.join(e.options)}"
+        near = closest_option(value, list(e.options))
+        hint = f"did you mean {group}={near}? " if near else ""
+        return f"{group}={value}: no such {group} config; {hint}available: {', '.join(e.options)}"
     if isinstance(e, OverrideParseException):
         return f"{e.override}: cannot parse ({_first_line(e.message)})"
     cause = e.__cause__ if isinstance(e, ConfigCompositionException) else e
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
         key = str(cause.full_key)
+        if isinstance(cause, ConfigAttributeError | ConfigKeyError):
+            key = _override_key(key, overrides)  # `trian.lr=1` fails at `trian`: name it whole
+            why = _allowed(cause).replace("no such key", f"no such key{did_you_mean(key)}", 1)
+            return f"{key}={_value_of(key, overrides)}: {why}"
         return f"{key}={_value_of(key, overrides)}: {_allowed(cause)}"
     return _first_line(str(e))
 
@@ -118,6 +159,15 @@ def _allowed(e: OmegaConfBaseException) -> str:
             kind = typed.group(1).lower()
             return f"must be {TYPE_WORDS.get(kind, kind)}"
     return msg
+
+
+def _override_key(key: str, overrides: list[str]) -> str:
+    """The key as the command line spelt it: `trian.lr` where the config names only `trian`."""
+    for o in overrides:
+        k = o.partition("=")[0].lstrip("+~")
+        if k == key or k.startswith(f"{key}."):
+            return k
+    return key
 
 
 def _value_of(key: str, overrides: list[str]) -> str:

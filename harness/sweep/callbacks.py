@@ -2,7 +2,8 @@
 
 `SweepSummary` watches each job's record (failure-rate limit) and, when the multirun ends, writes
 `summary.csv` in the sweep dir, prints it as a table and builds the report in `<sweep>/report/`.
-It prints, as the sweep starts, the command that resumes it (`resume_command`).
+It prints, as the sweep starts, the command that resumes it (`resume_command`), and as each
+trial starts, `trial k of n (its point), ~M min left`.
 """
 
 import logging
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn
@@ -18,7 +20,14 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from harness.sweep.grid import FailureLimit, format_table, run_report, summary_frame, write_csv
+from harness.sweep.grid import (
+    FailureLimit,
+    TrialClock,
+    format_table,
+    run_report,
+    summary_frame,
+    write_csv,
+)
 from harness.trial.record import find_records, read_record
 
 log = logging.getLogger(__name__)
@@ -44,17 +53,30 @@ class SweepSummary(Callback):
         self.report = report
         self.limit = FailureLimit(max_consecutive_failures, max_failure_rate, min_trials)
         self.statuses: list[str] = []
+        self.clock = TrialClock(0)
+        self.keys: list[str] = []
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.statuses = []
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
         print(f"sweep: {sweep_dir}\nresume with: {resume_command(sys.argv[1:], sweep_dir)}")
+        task = list(config.hydra.overrides.task)
+        self.keys = sweep_keys(task)
+        parsed = OverridesParser.create().parse_overrides(task)
+        self.clock = TrialClock(sum(map(len, BasicSweeper.split_arguments(parsed, None))))
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if HydraConfig.get().mode != RunMode.MULTIRUN or not self.clock.total:
+            return
+        at = [o for o in config.hydra.overrides.task if o.split("=", 1)[0] in self.keys]
+        print(self.clock.start(" ".join(at)), flush=True)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             return
         out_dir = Path(config.get("out_dir") or HydraConfig.get().runtime.output_dir)
         record = out_dir / "record.json"
+        self.clock.end(ran=record.is_file() and record.stat().st_mtime >= self.clock.started_at)
         self.statuses.append(read_record(record)["status"] if record.is_file() else "failed")
         why = self.limit.check(self.statuses)
         if why:

@@ -7,8 +7,9 @@ failure-rate limit and the (optional) report step.
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,43 @@ def format_table(frame: pd.DataFrame) -> str:
         shown[col] = shown[col].where(shown[col].notna(), "-")
     with pd.option_context("display.width", 250, "display.max_columns", 50):
         return shown.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-")
+
+
+@dataclass
+class TrialClock:
+    """`trial k of n (point), ~M min left` for a grid or a study: the time left is the mean time
+    of the trials this process ran (kept ones, which take no time, are left out) times the trials
+    left, this one included."""
+
+    total: int
+    durations: list[float] = field(default_factory=list)
+    done: int = 0
+    started_at: float = 0.0
+
+    def start(self, point: str = "", done: int | None = None) -> str:
+        """`trial k of n (point), ~M min left` for the trial that starts now; `done`: results
+        so far (a study's count, shared by its workers), else the trials this clock saw end."""
+        return f"trial {self.begin(done)}" + (f" ({point})" if point else "") + self.left()
+
+    def begin(self, done: int | None = None) -> str:
+        """Start the clock of the next trial; returns `k of n`."""
+        self.started_at = time.time()
+        if done is not None:
+            self.done = done
+        return f"{min(self.done + 1, self.total)} of {self.total}"
+
+    def left(self) -> str:
+        """`, ~M min left` for the trials left, this one included; nothing before one ran."""
+        if not self.durations:
+            return ""
+        left = sum(self.durations) / len(self.durations) * (self.total - min(self.done, self.total))
+        return f", ~{round(left)} s left" if left < 90 else f", ~{round(left / 60)} min left"
+
+    def end(self, *, ran: bool = True) -> None:
+        """The trial ended; `ran`: it trained here (its time counts toward the estimate)."""
+        self.done += 1
+        if ran and self.started_at:
+            self.durations.append(time.time() - self.started_at)
 
 
 @dataclass

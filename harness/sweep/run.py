@@ -27,6 +27,7 @@ from harness.analysis.optuna_records import ATTRS
 from harness.cli import CONF_DIR
 from harness.config.schema import TrialConfig, register_configs, to_trial_config
 from harness.errors import ConfigError
+from harness.logs import quiet_third_party
 from harness.sweep.spec import StudySpec, hydra_value, load_spec, make_pruner
 from harness.trial.record import read_record
 
@@ -173,6 +174,7 @@ def child_main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
+    quiet_third_party()
     if not os.environ.get(STORAGE_ENV):
         print(f"error: {STORAGE_ENV} is not set: the study storage URL", file=sys.stderr)
         return 2

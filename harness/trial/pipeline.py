@@ -1,7 +1,7 @@
 """THE trial routine. Every run, grid point and study trial goes through `run_trial`.
 
     preflight (validate everything cheap) -> load + quantize -> adapter -> engine -> data ->
-    train (SFTTrainer) -> evaluate -> save adapter -> record
+    train (SFTTrainer) -> held-out loss -> save adapter -> lm-eval -> record
 
 Failures are results: CUDA OOM -> status "oom" with the memory reached; NaN loss -> "failed";
 a collapsed training (outcome.divergence) -> "diverged"; pruned -> "pruned"; anything else ->
@@ -11,7 +11,6 @@ model is loaded.
 
 import math
 import traceback
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ from harness.sweep.pool import BasePool, release_cached_memory
 from harness.trial import data as data_mod
 from harness.trial import model as models
 from harness.trial import outcome
+from harness.trial.heldout import heldout_items, write_heldout
 from harness.trial.measure import PhaseMemory, Stopwatch, frozen_heap
 from harness.trial.preflight import preflight
 from harness.trial.record import RECORD_NAME, new_record, write_record
@@ -87,6 +87,7 @@ def _pipeline(cfg, plan, rec, mem, clock, out_dir, on_eval, pool: BasePool) -> N
         rec["model"] = models.shape_summary(
             cfg.model, plan.hf_config, random_weights=random_weights
         )
+        outcome.what_ran(rec, cfg, weights, model, tokenizer)
         rec["params"] = models.count_params(model)
         # 2. data: tokenized with loss on responses only; a sweep's trials with the same data and
         # tokenizer reuse the datasets the first trainer prepared (truncated, packed, labelled)
@@ -120,17 +121,17 @@ def _pipeline(cfg, plan, rec, mem, clock, out_dir, on_eval, pool: BasePool) -> N
             if not math.isfinite(eval_loss):
                 raise NonFiniteLoss(f"non-finite held-out loss {eval_loss}")
             rec["loss"].update(eval=eval_loss, eval_perplexity=math.exp(min(eval_loss, 50)))
+            rec["loss"].update(write_heldout(heldout_items(trainer, model), out_dir))
             collapsed = outcome.divergence(rec["loss"], rec["model"]["vocab_size"])
             if collapsed:  # before lm-eval: nothing to score
                 raise outcome.Diverged(collapsed)
+            # 5. save the adapter (and a merged 16-bit model) first: lm-eval scores what they hold
+            merged = cfg.eval.scored_form == "merged" and not random_weights
+            outcome.save(model, tokenizer, weights, cfg.train, rec, out_dir, device=plan.device,
+                         merge=merged)  # fmt: skip
             if not random_weights:
-                rec["lm_eval"] = score_trial(
-                    cfg.eval, cfg.data, cfg.train.seed, plan, model, tokenizer, out_dir=out_dir,
-                    weights=weights, quant=asdict(cfg.quant),
-                )  # fmt: skip
+                score_trial(cfg, plan, model, tokenizer, rec, out_dir=out_dir, weights=weights)
                 if cfg.train.generations:
                     rec["generations"] = outcome.generations(model, tokenizer, plan, cfg)
         rec["score"] = outcome.score(rec)
-        # 5. save the adapter (and optionally a merged 16-bit model)
-        outcome.save(model, tokenizer, weights, cfg.train, rec, out_dir, device=plan.device)
         lease.keep(model)

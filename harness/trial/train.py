@@ -12,6 +12,7 @@ from transformers import TrainerCallback
 from harness.config.engine import EngineConfig
 from harness.config.schema import DataConfig, OptimConfig, TrainConfig
 from harness.errors import ConfigError
+from harness.trial import progress
 from harness.trial.measure import GcPauses, sync
 
 # Our optimizer names -> transformers' TrainingArguments.optim names.
@@ -238,6 +239,7 @@ def build_trainer(
     callback = MeasureCallback(collator, device, on_eval=on_eval)
     trainer.meter = callback
     trainer.add_callback(callback)
+    progress.attach(trainer, callback)  # step/total, loss, tokens/s, ETA instead of HF's dicts
     for path in tcfg.callbacks:
         trainer.add_callback(load_callback(path)())
     return trainer, callback
