@@ -153,3 +153,26 @@ def test_a_metric_missing_everywhere_is_an_error(tmp_path: Path, capsys) -> None
         rank_by(records, records_frame(records), "score")
     assert main(["--budget-gib", "24", str(tmp_path), "--objective", "score"]) == 2
     assert "--objective='score': no successful trial has a score" in capsys.readouterr().err
+
+
+def test_a_score_ranking_names_its_tasks_metrics_and_form() -> None:
+    """The records' score_detail (written by the trial) tells what the headline averaged."""
+    import pandas as pd
+
+    from harness.analysis.rankby import rank_by, score_source
+
+    detail = {"scored_form": "merged", "tasks": {
+        "qh_arc_easy": {"metric": "acc_norm", "in_score": True},
+        "qh_lambada": {"metric": "acc", "in_score": True},
+        "qh_wikitext2": {"metric": "word_perplexity", "in_score": False},
+    }}  # fmt: skip
+    recs = [{"status": "success", "score": 0.3, "score_detail": detail, "overrides": [],
+             "config": {"eval": {"tasks": ["qh_arc_easy", "qh_lambada"]}}}]  # fmt: skip
+    assert score_source(recs) == "mean of qh_arc_easy acc_norm, qh_lambada acc; merged form"
+    frame = pd.DataFrame([{"status": "success", "score": 0.3, "loss_eval": 1.0}])
+    metric = rank_by(recs, frame)
+    assert metric.name == "score"
+    assert metric.describe().endswith(
+        "score = mean of qh_arc_easy acc_norm, qh_lambada acc; merged form)"
+    )
+    assert score_source([{"score_detail": None}]) is None

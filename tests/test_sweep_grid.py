@@ -251,3 +251,22 @@ def test_a_finished_trial_leaves_no_module_of_its_model_alive(tmp_path):
     pool.entry = None  # what the next trial's lease does for another base
     gc.collect()
     assert [ref() for ref in tables] == [None] * len(tables)
+
+
+def test_a_replicate_axis_is_aggregated_per_setting(tmp_path):
+    """`-m lora.r=4,8 train.seed=0,1`: four trials, two settings of two seeds each; the sweep
+    writes and prints each setting's mean, spread and n on its ranking metric (held-out loss)."""
+    sweep = tmp_path / "sweep"
+    proc = run_harness(
+        ["-m", "lora.r=4,8", "train.seed=0,1", *TINY, "train.max_steps=2",
+         f"hydra.sweep.dir={sweep}", NO_REPORT]
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = pd.read_csv(sweep / "summary.csv")
+    settings = pd.read_csv(sweep / "settings.csv")
+    assert len(trials) == 4 and list(settings["n"]) == [2, 2]
+    for r, row in zip((4, 8), settings.itertuples(), strict=True):
+        losses = trials.loc[trials["lora.r"] == r, "loss_eval"]
+        assert row.mean == pytest.approx(losses.mean()) and row.sd == pytest.approx(losses.std())
+        assert row.lo < row.mean < row.hi
+    assert "per setting, held-out loss over seeds" in proc.stdout

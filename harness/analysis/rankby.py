@@ -14,7 +14,7 @@ A metric that no candidate has is an error (ConfigError), never a silent tie.
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pandas as pd
@@ -74,6 +74,8 @@ def rank_by(records: list[dict[str, Any]], frame: pd.DataFrame, objective: str =
         chosen = _with_why(FIXED[objective], "asked for")
     else:
         chosen = _study_objective(records) or _grid_default(records, frame)
+    if chosen.name == "score" and (source := score_source(records)):
+        chosen = replace(chosen, why=f"{chosen.why}; score = {source}")
     ok = frame[frame["status"] == "success"]
     if not ok.empty and ok[chosen.column].isna().all():
         other = "loss" if chosen.name == "score" else "score"
@@ -81,6 +83,23 @@ def rank_by(records: list[dict[str, Any]], frame: pd.DataFrame, objective: str =
                           f"no successful trial has a {chosen.title}; rank by another metric "
                           f"(e.g. --objective {other})")  # fmt: skip
     return chosen
+
+
+def score_source(records: list[dict[str, Any]]) -> str | None:
+    """Which tasks, metrics and scored form the records' headline scores came from, e.g.
+    'mean of qh_arc_easy acc_norm, qh_lambada acc; 4bit form' (None where none was scored)."""
+    tasks: dict[str, set[str]] = {}
+    forms: set[str] = set()
+    for rec in records:
+        detail = rec.get("score_detail") or {}
+        for task, row in (detail.get("tasks") or {}).items():
+            if row.get("in_score"):
+                tasks.setdefault(task, set()).add(row["metric"])
+                forms.add(detail.get("scored_form") or "4bit")
+    if not tasks:
+        return None
+    used = ", ".join(f"{t} {'/'.join(sorted(m))}" for t, m in sorted(tasks.items()))
+    return f"mean of {used}; {'/'.join(sorted(forms))} form"
 
 
 def _study_objective(records: list[dict[str, Any]]) -> RankBy | None:

@@ -104,8 +104,34 @@ class SweepSummary(Callback):
         csv = write_csv(frame, sweep_dir / "summary.csv")
         print(format_table(frame))
         print(f"summary: {csv}")
+        _settings(records, sweep_dir)
         if build:
             run_report(sweep_dir, sweep_dir / "report", title=f"sweep {sweep_dir.name}")
+
+
+def _settings(records: list[dict], sweep_dir: Path) -> None:
+    """Where a setting ran with several seeds (`-m ... train.seed=0,1,2`): its mean, spread and n
+    on the ranking metric, in `settings.csv`, printed."""
+    from harness.analysis.frame import records_frame
+    from harness.analysis.rankby import rank_by
+    from harness.analysis.settings import aggregate, has_replicates
+    from harness.errors import ConfigError
+
+    frame = records_frame(records)
+    if not has_replicates(frame):
+        return
+    try:
+        metric = rank_by(records, frame)
+    except ConfigError:  # no trial has the metric: the summary above says what failed
+        return
+    settings = aggregate(frame, metric.column, metric.stderr).drop(columns="rows")
+    settings.to_csv(sweep_dir / "settings.csv", index=False)
+    print(f"per setting, {metric.title} over seeds (mean, sd, 95% interval, n):")
+    for row in settings.itertuples():
+        sd = "-" if row.sd is None or row.sd != row.sd else f"{row.sd:.4g}"
+        span = "" if row.lo is None or row.lo != row.lo else f" [{row.lo:.4g}, {row.hi:.4g}]"
+        print(f"  {row.setting}: {row.mean:.4g} sd {sd}{span} n={row.n}")
+    print(f"settings: {sweep_dir / 'settings.csv'}")
 
 
 def resume_command(args: list[str], sweep_dir: Path) -> str:
