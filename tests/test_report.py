@@ -168,8 +168,9 @@ def test_study_source_uses_records_and_falls_back_to_user_attrs(tmp_path: Path) 
 
 def test_cli_default_out_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HARNESS_OUTPUT_ROOT", raising=False)
     assert main([str(RECORDS / "cpu-smollm2"), "--no-svg"]) == 0
-    out = tmp_path / "reports" / "cpu-smollm2"
+    out = tmp_path / "outputs" / "reports" / "cpu-smollm2"  # <output root>/reports/<name>
     assert (out / "report.html").is_file() and (out / "throughput.png").is_file()
     assert main([str(tmp_path / "nothing-here")]) == 2
 
