@@ -8,11 +8,12 @@ import pytest
 from decide_fixture import record, write_sweep, write_trial
 
 from harness.analysis.decide import decide
-from harness.analysis.frame import load_records, records_frame
+from harness.analysis.frame import records_frame
 from harness.analysis.items import loss_items, paired, score_items
 from harness.analysis.pick import main
 from harness.analysis.rankby import rank_by
 from harness.analysis.settings import aggregate, has_replicates
+from harness.analysis.sources import load_records
 from harness.analysis.stats import interval, mcnemar_p, needed_n, paired_delta, welch_delta
 from harness.errors import ConfigError
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from memory_counts import calibrating_count, scored_count
 
-from harness.analysis.frame import load_records
+from harness.analysis.sources import load_records
 from harness.memory.allocator import slack_terms
 from harness.memory.model import (
     LLAMA3_8B,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from memory_counts import cuda_records, is_scored, scored_count
 
-from harness.analysis.frame import load_records
+from harness.analysis.sources import load_records
 from harness.memory.model import error_report, measured_points, predict_peak_gib
 from harness.memory.records import describes, repo_records, setting_from_record, shape_from_record
 from harness.memory.terms import GIB

@@ -8,9 +8,10 @@ import pytest
 import yaml
 
 from harness.analysis.decide import decide, pick_measured
-from harness.analysis.frame import load_records, records_frame
+from harness.analysis.frame import records_frame
 from harness.analysis.pick import main
 from harness.analysis.pin import experiment_yaml, hydra_overrides, override_value, write_experiment
+from harness.analysis.sources import load_records
 
 RECORDS = Path(__file__).parent / "fixtures" / "records"
 H100 = RECORDS / "h100-llama3-8b"

@@ -16,10 +16,11 @@ import pandas as pd
 import pytest
 from matplotlib import image as mpimg
 
-from harness.analysis.frame import StudySource, load_records_frame
+from harness.analysis.frame import StudySource
 from harness.analysis.pareto import pareto_mask
 from harness.analysis.plots import PLOTS
 from harness.analysis.report import build_report, main
+from harness.analysis.sources import load_records_frame
 
 RECORDS = Path(__file__).parent / "fixtures" / "records"
 H100 = RECORDS / "h100-llama3-8b"

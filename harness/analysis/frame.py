@@ -9,7 +9,6 @@ built from the settings that vary) and ``_setting`` (that name without the repli
 """
 
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ import pandas as pd
 
 from harness.analysis.settings import first_metric_stderr, setting_id
 from harness.config.migrate import migrate_overrides, migrate_record
-from harness.trial.record import find_records, read_record
 
 # The metric columns of every table of trials, in display order: (column, dotted path into the
 # record). Units in the names; tokens/s counts only the tokens that carry loss.
@@ -71,28 +69,6 @@ class StudySource:
         return f"study {self.study!r} in {mask_url(self.storage)}"
 
 
-Source = Path | str | StudySource | Iterable[dict[str, Any]]  # or an optuna.Study
-
-
-def load_records(source: Source) -> list[dict[str, Any]]:
-    """Records from a sweep dir (recursive), a record.json, a study, or records already loaded."""
-    if isinstance(source, StudySource) or hasattr(source, "get_trials"):  # or an optuna.Study
-        from harness.analysis.optuna_records import study_records
-
-        recs = study_records(source)
-    elif isinstance(source, str | Path):
-        path = Path(source)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such sweep dir or record")
-        paths = [path] if path.is_file() else find_records(path)
-        recs = [{**read_record(p), "_path": str(p)} for p in paths]
-    else:
-        recs = list(source)
-    recs = [in_todays_keys(r) for r in recs]
-    _add_labels(recs)
-    return recs
-
-
 def in_todays_keys(rec: dict[str, Any]) -> dict[str, Any]:
     """A copy of a record whose config and overrides use today's keys (harness.config.migrate):
     the one place analysis reads an older record's keys, so labels and columns name each setting
@@ -101,20 +77,8 @@ def in_todays_keys(rec: dict[str, Any]) -> dict[str, Any]:
     return {**rec, "overrides": migrate_overrides(rec.get("overrides") or [])}
 
 
-def load_records_frame(source: Source) -> pd.DataFrame:
-    """One row per trial: dotted config columns (``lora.r``, ``quant.type``) plus metrics.
-
-    Args:
-        source: a sweep dir, a record.json, a ``StudySource`` or an iterable of record dicts.
-
-    Returns:
-        The columns of `record_row`; failed and OOM trials included.
-    """
-    return records_frame(load_records(source))
-
-
 def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """The frame of already loaded records (see ``load_records_frame``)."""
+    """The frame of already loaded records (see ``harness.analysis.sources.load_records_frame``)."""
     frame = pd.DataFrame([record_row(r) for r in records])
     for col in METRIC_COLUMNS:
         # All-null columns (no CUDA, no RSS) come out as object; metrics are always numbers.
@@ -234,7 +198,7 @@ def trial_name(rec: dict[str, Any]) -> str:
     return str(rec.get("trial_id", "?"))[:12]
 
 
-def _add_labels(recs: list[dict[str, Any]]) -> None:
+def add_labels(recs: list[dict[str, Any]]) -> None:
     """Label each record by its grid values; with several models, the grid of each model's own."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for rec in recs:

@@ -39,7 +39,6 @@ from harness.analysis.decide import (
 from harness.analysis.frame import (
     StudySource,
     label_keys,
-    load_records,
     read_error,
     records_frame,
     status_counts,
@@ -48,6 +47,7 @@ from harness.analysis.frame import (
 from harness.analysis.pin import default_name, experiment_yaml, hydra_overrides, write_experiment
 from harness.analysis.rankby import CHOICES, RankBy, rank_by
 from harness.analysis.settings import setting_id
+from harness.analysis.sources import load_records
 from harness.assets.shapes import SHAPES
 from harness.errors import ConfigError
 from harness.memory.model import calibrate, error_report

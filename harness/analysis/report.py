@@ -22,10 +22,7 @@ import pandas as pd
 from harness.analysis.costs import metric_text, throughput_text
 from harness.analysis.decide import Choice, Predictor, decide, pick_predicted
 from harness.analysis.frame import (
-    Source,
     StudySource,
-    load_records,
-    load_records_frame,
     metric,
     read_error,
     records_frame,
@@ -35,6 +32,7 @@ from harness.analysis.html import render_html, render_markdown
 from harness.analysis.plots import save_plots
 from harness.analysis.rankby import RankBy, rank_by
 from harness.analysis.settings import aggregate, has_replicates, setting_id
+from harness.analysis.sources import Source, load_records, load_records_frame
 from harness.analysis.stats import interval
 from harness.analysis.style import ReportInputs
 from harness.memory.model import (
