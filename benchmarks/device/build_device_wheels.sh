@@ -22,23 +22,8 @@ pip wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3
 
 # Strip bitsandbytes to its Python files + the CUDA 13.0 and CPU libraries; drop the other native
 # libraries (other CUDA, ROCm, XPU) and their RECORD lines; the kept entries' hashes stay valid.
-python3 - .whl/bitsandbytes-*.whl <<'PY'
-import os, re, sys, zipfile
-src = sys.argv[1]; tmp = src + ".tmp"
-def drop(name):
-    return (re.fullmatch(r"bitsandbytes/libbitsandbytes_[^/]*\.so", name) is not None
-            and re.fullmatch(r"bitsandbytes/libbitsandbytes_(cuda130|cpu)[^/]*\.so", name) is None)
-with zipfile.ZipFile(src) as zin, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zout:
-    for info in zin.infolist():
-        if drop(info.filename):
-            continue
-        data = zin.read(info)
-        if info.filename.endswith(".dist-info/RECORD"):
-            lines = data.decode().splitlines(keepends=True)
-            data = "".join(l for l in lines if not drop(l.split(",")[0])).encode()
-        zout.writestr(info, data)
-os.replace(tmp, src)
-PY
+python3 benchmarks/device/strip_wheel.py .whl/bitsandbytes-*.whl \
+    'bitsandbytes/libbitsandbytes_[^/]*\.so' 'bitsandbytes/libbitsandbytes_(cuda130|cpu)[^/]*\.so'
 
 # Verify: every wheel is a sound zip, the stripped bitsandbytes installs and holds its two libraries.
 python3 -c 'import sys, zipfile; [sys.exit(f"bad zip: {w}") for w in sys.argv[1:] if zipfile.ZipFile(w).testzip()]' .whl/*.whl

@@ -20,22 +20,6 @@ PKGS="unsloth==2026.10.9 unsloth_zoo==2026.10.9 trl==1.15.0 datasets==4.8.5 dill
       docstring-parser typeguard shtab hf_transfer msgspec json5 nest-asyncio structlog
       pydantic pydantic-core annotated-types typing-inspection"
 for p in $PKGS; do pip download -q --no-deps --only-binary=:all: $PLAT -d .whl-unsloth "$p"; done
-python3 - .whl-unsloth/unsloth-2026.10.9-*.whl <<'PY'
-import os, re, sys, zipfile
-src = sys.argv[1]; tmp = src + ".tmp"
-drop = re.compile(r"(studio|unsloth_cli)/").match
-with zipfile.ZipFile(src) as zin, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zout:
-    for info in zin.infolist():
-        if drop(info.filename):
-            continue
-        data = zin.read(info)
-        if info.filename.endswith(".dist-info/RECORD"):
-            lines = data.decode().splitlines(keepends=True)
-            data = "".join(l for l in lines if not drop(l.split(",")[0])).encode()
-        if info.filename.endswith(".dist-info/entry_points.txt"):
-            continue  # the CLI's entry point names the dropped module
-        zout.writestr(info, data)
-os.replace(tmp, src)
-PY
+python3 benchmarks/device/strip_wheel.py .whl-unsloth/unsloth-2026.10.9-*.whl '(studio|unsloth_cli)/.*'
 python3 -c 'import sys, zipfile; [sys.exit(f"bad zip: {w}") for w in sys.argv[1:] if zipfile.ZipFile(w).testzip()]' .whl-unsloth/*.whl
 ls -l .whl-unsloth && du -sh .whl-unsloth

@@ -33,25 +33,8 @@ from harness.trial.measure import PhaseMemory, Stopwatch, sync, throughput  # no
 from harness.trial.record import new_record, write_record  # noqa: E402
 
 
-def compose(overrides: list[str]):
-    """(TrialConfig, group choices) as `python -m harness` composes them (no sweep imports)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from omegaconf import open_dict
-
-    from harness.cli import CONF_DIR
-    from harness.config.schema import register_configs, to_trial_config
-
-    register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        dcfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
-    choices = {k: v for k, v in dcfg.hydra.runtime.choices.items() if not k.startswith("hydra")}
-    with open_dict(dcfg):
-        del dcfg["hydra"]
-    return to_trial_config(dcfg), choices
-
-
 def main(argv: list[str]) -> int:
+    from harness.config.compose import compose_trial
     from harness.trial.preflight import preflight
 
     out = [a.split("=", 1)[1] for a in argv if a.startswith("out_dir=")]
@@ -59,7 +42,7 @@ def main(argv: list[str]) -> int:
     try:
         if len(out) != 1:
             raise ConfigError("out_dir", out or None, "exactly one out_dir=DIR")
-        cfg, choices = compose(overrides)
+        cfg, choices = compose_trial(overrides)
         plan = preflight(cfg)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -270,25 +270,17 @@ def build_unsloth(cfg, weights: str, tokenizer: str, targets) -> tuple[object, d
     """`engine.backend=unsloth`: the adapted model from Unsloth (harness/engine/unsloth.py), and
     what the record keeps under `levers`. The tokenizer stays the harness's (same data)."""
     from harness.engine import unsloth
+    from harness.trial.measure import package_version
 
     install_process_patches(cfg.engine)  # marks the process: the next trial needs its own
     model, _ = unsloth.load(
         weights, tokenizer, ecfg=cfg.engine, lcfg=cfg.lora, qcfg=cfg.quant, targets=targets,
         seed=cfg.train.seed, max_seq_len=cfg.data.max_seq_len,
     )  # fmt: skip
-    levers = {"backend": "unsloth", "unsloth": _version("unsloth"),
+    levers = {"backend": "unsloth", "unsloth": package_version("unsloth"),
               "checkpointing": unsloth.CHECKPOINTING[cfg.engine.checkpointing]}  # fmt: skip
     levers["memory_cap_gib"] = cfg.engine.memory_cap_gib if installed_patches() else None
     layers = model.config.num_hidden_layers  # for MFU's recompute term: all or none recomputed
     recomputed = layers if cfg.engine.checkpointing != "none" else 0
     levers.update(num_layers=layers, checkpointed_layers=recomputed)
     return model, levers
-
-
-def _version(pkg: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(pkg)
-    except PackageNotFoundError:
-        return None

@@ -19,31 +19,16 @@ from pathlib import Path
 
 import optuna
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
 
 from harness.analysis.frame import get_path
 from harness.analysis.optuna_records import ATTRS
-from harness.cli import CONF_DIR
-from harness.config.schema import TrialConfig, register_configs, to_trial_config
+from harness.config.compose import compose_trial
 from harness.errors import ConfigError
 from harness.logs import quiet_third_party
 from harness.sweep.spec import StudySpec, hydra_value, load_spec, make_pruner
 from harness.trial.record import read_record
 
 STORAGE_ENV = "HARNESS_STORAGE_URL"
-
-
-def compose_trial(overrides: list[str]) -> tuple[TrialConfig, dict]:
-    """(validated TrialConfig, group choices) for these overrides, exactly as the CLI sees them.
-    Raises ConfigError (or OmegaConf's errors for unknown keys) before any model is loaded."""
-    register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        dcfg: DictConfig = compose("config", overrides=overrides, return_hydra_config=True)
-    choices = {k: v for k, v in dcfg.hydra.runtime.choices.items() if not k.startswith("hydra")}
-    with open_dict(dcfg):
-        del dcfg["hydra"]
-    return to_trial_config(dcfg), choices
 
 
 def check_study(spec: StudySpec, base: list[str]) -> None:

@@ -27,6 +27,7 @@ import sqlalchemy
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
+from harness.config.compose import compose_trial
 from harness.errors import ConfigError
 from harness.logs import quiet_third_party
 from harness.paths import studies_dir
@@ -35,7 +36,6 @@ from harness.sweep.grid import TrialClock
 from harness.sweep.pool import process_pool
 from harness.sweep.run import (
     check_study,
-    compose_trial,
     run_in_process,
     run_isolated,
 )

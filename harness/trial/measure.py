@@ -166,7 +166,8 @@ def device_info(device: str) -> dict:
     }
 
 
-def _version(pkg: str) -> str | None:
+def package_version(pkg: str) -> str | None:
+    """The installed version of `pkg`, or None where it is not installed."""
     try:
         return metadata.version(pkg)
     except metadata.PackageNotFoundError:
@@ -189,7 +190,7 @@ def environment() -> dict:
     pkgs = ("torch", "transformers", "peft", "bitsandbytes", "trl", "lm_eval", "accelerate")
     return {
         "python": platform.python_version(),
-        **{p: _version(p) for p in pkgs},
+        **{p: package_version(p) for p in pkgs},
         "cuda": torch.version.cuda,
         "git_commit": commit,
         "git_dirty": dirty,
