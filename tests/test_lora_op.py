@@ -73,6 +73,12 @@ def test_triton_dropout_kernels_match_the_reference(device, dtype, n, k, r):
         assert err < tol, (name, err)
     # a second draw with another seed gives another mask
     assert (_mask(kernels, n, k, r, p, seed + 1, dtype, device) != keep).any()
+    # the seed read from a one-element device int64 (engine.cuda_graphs) draws the same mask
+    held = torch.tensor([seed], dtype=torch.int64, device=device)
+    assert torch.equal(_mask(kernels, n, k, r, p, held, dtype, device), keep)
+    for name, out in (("forward", kernels.lora_a_forward(x, a, p, held, c)),
+                      ("grad_a", kernels.lora_a_grad(g, x, p, held))):  # fmt: skip
+        assert torch.equal(out, checks[name][0]), name
 
 
 def test_triton_dropout_kernels_run_in_the_interpreter():

@@ -72,6 +72,9 @@ class EngineConfig:
     # one full collection before training, then gc.freeze(): the collector's full passes during
     # training scan only what training makes
     gc_freeze: bool = False
+    # each decoder layer's training forward and backward replayed as CUDA graphs: one launch
+    # each, not one per kernel (harness/engine/graphs.py; CUDA, lora_kernel=fused)
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         for key, allowed in (("checkpointing", CHECKPOINTING), ("kept_layers", KEPT_LAYERS),
@@ -98,12 +101,29 @@ class EngineConfig:
                          ("trim_recompute", "the fused op is what skips the matmul")):  # fmt: skip
             if getattr(self, key) and self.lora_kernel != "fused":
                 raise ConfigError(f"engine.{key}", True, f"needs engine.lora_kernel=fused ({why})")
+        if self.cuda_graphs:
+            self._check_graphs()
         if self.projection_dtype == "fp32" and self.residual_dtype != "fp32":
             raise ConfigError(
                 "engine.projection_dtype", "fp32", "needs engine.residual_dtype=fp32 (fp32 stream)"
             )
         if self.memory_cap_gib is not None:
             positive("engine.memory_cap_gib", self.memory_cap_gib)
+
+    def _check_graphs(self) -> None:
+        """What a replayed layer cannot do: choose anything on the host per call (peft's dropout
+        draws its mask from torch's generator) or move tensors on the host's schedule."""
+        needs = (("lora_kernel", "fused", self.lora_kernel == "fused",
+                  "its dropout seeds are read on the device"),
+                 ("checkpointing", "none, full or selective", self.checkpointing != "offload",
+                  "offload copies on a side stream"),
+                 ("host_layers", "0", not self.host_layers, "host layers copy on a side stream"),
+                 ("slim_activations", "false", not self.slim_activations,
+                  "slim layers look their inputs up on the host"))  # fmt: skip
+        for key, allowed, ok, why in needs:
+            if not ok:
+                raise ConfigError("engine.cuda_graphs", True,
+                                  f"needs engine.{key}={allowed} ({why})")  # fmt: skip
 
     @property
     def recompute_fraction(self) -> float:
@@ -120,5 +140,6 @@ class EngineConfig:
             "embeddings_on_cpu": self.embeddings_on_cpu,
             "head_on_cpu": self.head_on_cpu,
             "memory_cap_gib": self.memory_cap_gib,
+            "cuda_graphs": self.cuda_graphs,
         }
         return {key: getattr(self, key) for key, used in on.items() if used}

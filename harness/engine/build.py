@@ -26,6 +26,8 @@
                                   (around training: harness/trial/measure.py)
     engine.flat_optimizer=true     one optimizer update over all adapter tensors (flat_optim.py,
                                   where HF's Trainer builds the optimizer: harness/trial/train.py)
+    engine.cuda_graphs=true        each decoder layer's training forward and backward replayed as
+                                  CUDA graphs, captured at the first training step (graphs.py)
 
 `build` replaces modules in the tree with modules the harness owns, each holding the replaced
 module's Parameters and submodules under the same names; per-trial state (side streams, pinned
@@ -38,8 +40,8 @@ import torch
 from torch import nn
 
 from harness.config.engine import EngineConfig
+from harness.engine import graphs, lora_layer, lora_op, residual
 from harness.engine import layers as layer_runs
-from harness.engine import lora_layer, lora_op, residual
 from harness.engine.host_frozen import Embedding, HostHead
 from harness.engine.kernels import (
     ROPE_ATTENTION,
@@ -56,12 +58,12 @@ from harness.engine.trim import Recompute
 from harness.errors import ConfigError
 
 __all__ = ["build", "check", "install_process_patches", "installed_patches", "lora_modules",
-           "process_patches"]  # fmt: skip
+           "process_patches", "run_counts"]  # fmt: skip
 
 _ON_CPU = {  # what each CUDA-only lever may be on a CPU trial
     "kernels": "none", "dequant_kernel": "bnb", "checkpointing": "none, full or selective",
     "host_layers": "0", "embeddings_on_cpu": "false", "head_on_cpu": "false",
-    "memory_cap_gib": "null", "backend": "harness",
+    "memory_cap_gib": "null", "backend": "harness", "cuda_graphs": "false",
 }  # fmt: skip
 _HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
           "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called", "_backward_hooks",
@@ -120,7 +122,31 @@ def build(model, ecfg: EngineConfig, *, compute_dtype: torch.dtype) -> dict:
     levers["embeddings_on_cpu"] = _embedding(model, ecfg.embeddings_on_cpu, wide)
     levers["head_on_cpu"] = _head(model, ecfg.head_on_cpu)
     levers["memory_cap_gib"] = ecfg.memory_cap_gib if installed_patches() else None
+    levers["cuda_graph_layers"] = _graphs(model, layers) if ecfg.cuda_graphs else 0
     return levers
+
+
+def _graphs(model, layers: list) -> int:
+    """engine.cuda_graphs: every decoder layer through one GraphedLayers, with the runner
+    layers.place set (or none: the layer's forward as it is). Returns the layers graphed."""
+    runs = [layer._gradient_checkpointing_func if layer.gradient_checkpointing
+            else layer_runs.plain for layer in layers]  # fmt: skip
+    graphs.place(model, layers, runs, device=next(model.parameters()).device)
+    return len(layers)
+
+
+def run_counts(model) -> dict:
+    """What the levers counted while the model trained: under engine.cuda_graphs the decoder
+    layer calls replayed from the graphs and those run eagerly (another shape, eval)."""
+    for layer in layer_runs.decoder_layers(model):
+        run = getattr(layer, "_gradient_checkpointing_func", None)
+        if isinstance(getattr(run, "func", None), graphs.GraphedLayers):
+            counts = run.func.counts()
+            return {
+                "graph_replayed_calls": counts["replayed"],
+                "graph_eager_calls": counts["eager"],
+            }
+    return {}
 
 
 def _frozen_dtype(model, dtype: str, compute_dtype: torch.dtype) -> int:

@@ -47,21 +47,24 @@ def layer_recipes(layer) -> Recipes:
     return Recipes()
 
 
-def _plain(run, *args):
+def plain(run, *args):
     return run(*args)
 
 
 class Checkpoint:
     """torch's non-reentrant checkpoint (what HF's own hook runs), the recompute marked on the
-    model's Recompute flag where a trimmed projection reads it."""
+    model's Recompute flag where a trimmed projection reads it. `rng=False` (engine.cuda_graphs):
+    no RNG state saved and restored around the recompute, which a graph capture cannot do and
+    nothing needs (the layer's dropout seeds are on the device: graphs.py)."""
 
-    def __init__(self, recompute: trim.Recompute | None) -> None:
-        self.recompute = recompute
+    def __init__(self, recompute: trim.Recompute | None, rng: bool = True) -> None:
+        self.recompute, self.rng = recompute, rng
 
     def __call__(self, run, *args):
+        kw = {"use_reentrant": False, "preserve_rng_state": self.rng}
         if self.recompute is None:
-            return checkpoint(run, *args, use_reentrant=False)
-        return checkpoint(run, *args, use_reentrant=False, context_fn=self.recompute.contexts)
+            return checkpoint(run, *args, **kw)
+        return checkpoint(run, *args, context_fn=self.recompute.contexts, **kw)
 
 
 class LayerRun:
@@ -89,14 +92,14 @@ def place(layers: list, ecfg: EngineConfig, *, recipes: dict[int, Recipes], offl
         if pos in host:
             how = HostRun(offloader, pos, layer)
         elif pos in recomputed:
-            ckpt = Checkpoint(recompute if ecfg.trim_recompute else None)
+            ckpt = Checkpoint(recompute if ecfg.trim_recompute else None, not ecfg.cuda_graphs)
             how = offloader.checkpoint if ecfg.checkpointing == "offload" else ckpt
         else:
             how = recipes[pos].run if pos in recipes else None
         fetch = functools.partial(offloader.fetch_below, pos) if host else None
         layer.gradient_checkpointing = how is not None or fetch is not None
         if layer.gradient_checkpointing:
-            layer._gradient_checkpointing_func = LayerRun(how or _plain, fetch)
+            layer._gradient_checkpointing_func = LayerRun(how or plain, fetch)
         for module in layer.modules():
             if lora_layer.is_fused(module):
                 module.recipes = recipes.get(pos)

@@ -11,6 +11,8 @@ LoRA bias) peft's own forward runs. What build() sets on each, plain attributes:
     recipes     the slim layer's table (slim.py) the layer looks its input up in, else None
     recompute   the model's trim.Recompute flag, and `trim`: skip the base matmul while it is
                 raised (engine.trim_recompute, on a recomputed layer's down_proj)
+    seed        its slot of the model's device seed table (engine.cuda_graphs: graphs.py), else
+                None: the dropout seed is drawn from the CPU generator per call
 """
 
 import bitsandbytes as bnb
@@ -38,7 +40,7 @@ def _single_plain_adapter(layer, kwargs) -> str | None:
 
 def _set_defaults(layer) -> None:
     layer.dequant, layer.out_dtype, layer.recipes = None, None, None
-    layer.recompute, layer.trim = None, False
+    layer.recompute, layer.trim, layer.seed = None, False, None
 
 
 def _forward(layer, peft_forward, x, *args, **kwargs):
@@ -51,8 +53,11 @@ def _forward(layer, peft_forward, x, *args, **kwargs):
     drop = layer.lora_dropout[name]
     p = drop.p if isinstance(drop, nn.Dropout) and drop.training else 0.0
     # Drawn from the CPU generator, which activation checkpointing restores before it recomputes
-    # a layer, so the recomputed layer regenerates the same mask.
-    seed = int(torch.randint(0, 2**31 - 1, (1,))) if p else 0
+    # a layer, so the recomputed layer regenerates the same mask; under engine.cuda_graphs the
+    # layer's slot of the device seed table, redrawn once per forward of the model.
+    seed = 0 if not p else layer.seed
+    if seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, (1,)))
     # peft's matmuls: the adapter's in the autocast dtype (else its weights' dtype); the base in
     # bitsandbytes' compute dtype (a 16-bit base: the autocast dtype, else its weight's)
     autocast = torch.is_autocast_enabled(x.device.type)

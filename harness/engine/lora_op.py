@@ -7,8 +7,9 @@ What it saves and moves, where peft's three modules differ:
 - saves x (which the layer's other projections hold anyway) and h = s·dropout(x)Aᵀ [N, r]; peft
   saves dropout(x) and its mask per adapted Linear (7 per llama block);
 - the dropout mask is a pure function of a seed (drawn from the CPU generator, which activation
-  checkpointing restores before it recomputes a layer), regenerated in backward: on CUDA inside
-  Triton kernels that read x once (lora_triton.py), on the CPU as a seeded tensor;
+  checkpointing restores before it recomputes a layer; or, under engine.cuda_graphs, a device
+  int64 the model redraws before each forward: graphs.py), regenerated in backward: on CUDA
+  inside Triton kernels that read x once (lora_triton.py), on the CPU as a seeded tensor;
 - the branch is accumulated into the base output in place (addmm), and in backward the LoRA
   input-gradient is added into the base's in place: no separate add passes. Where the input (or
   `out_dtype`: a down_proj under engine.residual_dtype=fp32) is wider than the compute dtype, the
@@ -30,10 +31,11 @@ import torch
 from torch.nn import functional as F
 
 
-def dropout_mask(shape, p: float, seed: int, device) -> torch.Tensor:
-    """The CPU path's keep-mask / (1-p) for `seed` (float32, like x's values after dropout)."""
+def dropout_mask(shape, p: float, seed, device) -> torch.Tensor:
+    """The CPU path's keep-mask / (1-p) for `seed` (an int, or a one-element int64 tensor: its
+    value), float32 like x's values after dropout."""
     gen = torch.Generator(device=device)
-    gen.manual_seed(seed)
+    gen.manual_seed(int(seed))
     keep = torch.empty(shape, device=device).bernoulli_(1.0 - p, generator=gen)
     return keep * (1.0 / (1.0 - p))
 

@@ -23,6 +23,17 @@ import triton.language as tl
 
 
 @triton.jit
+def _seed(seed, SEED_PTR: tl.constexpr):
+    """The Philox seed: the int itself, or the value at `seed`, a device int64 (engine.cuda_graphs:
+    a graph replays its launch arguments, so a seed that changes per step is read, not passed)."""
+    if SEED_PTR:
+        s = tl.load(seed)
+    else:
+        s = seed
+    return s
+
+
+@triton.jit
 def _keep(seed, rn, k0, K: tl.constexpr, p, BM: tl.constexpr, BK: tl.constexpr):
     """The keep-mask of the tile rows rn x columns k0..k0+BK (k0 % 4 == 0)."""
     q = k0 // 4 + tl.arange(0, BK // 4)
@@ -33,8 +44,9 @@ def _keep(seed, rn, k0, K: tl.constexpr, p, BM: tl.constexpr, BK: tl.constexpr):
 @triton.jit
 def _lora_a_fwd(x_ptr, a_ptr, h_ptr, N, R, sxn, sar, seed, p, c, K: tl.constexpr,
                 KS: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
-                BR: tl.constexpr):  # fmt: skip
+                BR: tl.constexpr, SEED_PTR: tl.constexpr):  # fmt: skip
     """Rows rn x the K-range [split*KS, split*KS + KS) of c * (x ⊙ m) @ Aᵀ, into h[split]."""
+    seed = _seed(seed, SEED_PTR)
     rn = tl.program_id(0) * BM + tl.arange(0, BM)
     split = tl.program_id(1)
     rr = tl.arange(0, BR)
@@ -55,7 +67,9 @@ def _lora_a_fwd(x_ptr, a_ptr, h_ptr, N, R, sxn, sar, seed, p, c, K: tl.constexpr
 
 @triton.jit
 def _lora_a_grad(gh_ptr, x_ptr, ws_ptr, N, K: tl.constexpr, R, sxn, seed, p, ROWS: tl.constexpr,
-                 BN: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr):  # fmt: skip
+                 BN: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr,
+                 SEED_PTR: tl.constexpr):  # fmt: skip
+    seed = _seed(seed, SEED_PTR)
     rk = tl.program_id(0) * BK + tl.arange(0, BK)
     split = tl.program_id(1)
     rr = tl.arange(0, BR)
@@ -74,7 +88,9 @@ def _lora_a_grad(gh_ptr, x_ptr, ws_ptr, N, K: tl.constexpr, R, sxn, seed, p, ROW
 
 @triton.jit
 def _lora_x_grad_add(gx_ptr, gh_ptr, a_ptr, N, K: tl.constexpr, R, sgn, sar, seed, p,
-                     BM: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr):  # fmt: skip
+                     BM: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr,
+                     SEED_PTR: tl.constexpr):  # fmt: skip
+    seed = _seed(seed, SEED_PTR)
     rn = tl.program_id(0) * BM + tl.arange(0, BM)
     rk = tl.program_id(1) * BK + tl.arange(0, BK)
     rr = tl.arange(0, BR)
@@ -89,6 +105,15 @@ def _lora_x_grad_add(gx_ptr, gh_ptr, a_ptr, N, K: tl.constexpr, R, sgn, sar, see
     gx = tl.load(ptrs, mask=inside, other=0.0)
     out = gx.to(tl.float32) + tl.where(keep, t, 0.0)
     tl.store(ptrs, out.to(gx_ptr.dtype.element_ty), mask=inside)
+
+
+def _is_ptr(seed) -> bool:
+    """A seed given as a one-element device int64 tensor (read by the kernels), not an int."""
+    if isinstance(seed, torch.Tensor):
+        if seed.dtype != torch.int64 or seed.numel() != 1:
+            raise ValueError(f"a tensor seed is one int64 value (got {seed.dtype}, {seed.numel()})")
+        return True
+    return False
 
 
 def _br(r: int) -> int:
@@ -116,7 +141,7 @@ def launch_config(kernel: str, n: int, k: int) -> dict:
     return {"BM": 32 if wide else 64, "BK": 128, "num_warps": 4, "num_stages": 3}
 
 
-def lora_a_forward(x: torch.Tensor, a: torch.Tensor, p: float, seed: int, c: float,
+def lora_a_forward(x: torch.Tensor, a: torch.Tensor, p: float, seed: int | torch.Tensor, c: float,
                    cfg: dict | None = None):  # fmt: skip
     """c * (x ⊙ m) @ aᵀ for x [N, K], a [r, K] (same dtype); returns [N, r] in x's dtype."""
     _check(x)
@@ -129,12 +154,12 @@ def lora_a_forward(x: torch.Tensor, a: torch.Tensor, p: float, seed: int, c: flo
     h = torch.empty(split, n, r, device=x.device, dtype=x.dtype if split == 1 else torch.float32)
     _lora_a_fwd[(triton.cdiv(n, bm), split)](
         x, a, h, n, r, x.stride(0), a.stride(0), seed, p, c, K=k, KS=ks, BM=bm, BK=bk,
-        BR=_br(r), **cfg,
+        BR=_br(r), SEED_PTR=_is_ptr(seed), **cfg,
     )  # fmt: skip
     return h[0] if split == 1 else h.sum(0).to(x.dtype)
 
 
-def lora_a_grad(gh: torch.Tensor, x: torch.Tensor, p: float, seed: int,
+def lora_a_grad(gh: torch.Tensor, x: torch.Tensor, p: float, seed: int | torch.Tensor,
                 cfg: dict | None = None) -> torch.Tensor:  # fmt: skip
     """ghᵀ @ (x ⊙ m) for gh [N, r] (x's dtype, contiguous), x [N, K]; returns [r, K] in fp32."""
     _check(x)
@@ -145,13 +170,14 @@ def lora_a_grad(gh: torch.Tensor, x: torch.Tensor, p: float, seed: int,
     splits = triton.cdiv(n, rows)
     ws = torch.empty(splits, r, k, device=x.device, dtype=torch.float32)
     _lora_a_grad[(triton.cdiv(k, bk), splits)](
-        gh, x, ws, n, k, r, x.stride(0), seed, p, ROWS=rows, BN=bn, BK=bk, BR=_br(r), **cfg
-    )
+        gh, x, ws, n, k, r, x.stride(0), seed, p, ROWS=rows, BN=bn, BK=bk, BR=_br(r),
+        SEED_PTR=_is_ptr(seed), **cfg,
+    )  # fmt: skip
     return ws[0] if splits == 1 else ws.sum(0)
 
 
-def lora_x_grad_add(gx: torch.Tensor, gh: torch.Tensor, a: torch.Tensor, p: float, seed: int,
-                    cfg: dict | None = None):  # fmt: skip
+def lora_x_grad_add(gx: torch.Tensor, gh: torch.Tensor, a: torch.Tensor, p: float,
+                    seed: int | torch.Tensor, cfg: dict | None = None):  # fmt: skip
     """gx += m ⊙ (gh @ a), in place, for gx [N, K], gh [N, r] (contiguous), a [r, K]."""
     _check(gx)
     n, k = gx.shape
@@ -160,6 +186,7 @@ def lora_x_grad_add(gx: torch.Tensor, gh: torch.Tensor, a: torch.Tensor, p: floa
     bm, bk = cfg.pop("BM"), cfg.pop("BK")
     grid = (triton.cdiv(n, bm), triton.cdiv(k, bk))
     _lora_x_grad_add[grid](
-        gx, gh, a, n, k, r, gx.stride(0), a.stride(0), seed, p, BM=bm, BK=bk, BR=_br(r), **cfg
-    )
+        gx, gh, a, n, k, r, gx.stride(0), a.stride(0), seed, p, BM=bm, BK=bk, BR=_br(r),
+        SEED_PTR=_is_ptr(seed), **cfg,
+    )  # fmt: skip
     return gx

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import torch
 
+from harness.engine.build import run_counts
 from harness.trial import data as data_mod
 from harness.trial import flops
 from harness.trial import model as models
@@ -41,6 +42,7 @@ def training(rec: dict, meter, model, hf_config, warmup: int) -> None:
     levers["chunked_loss"] = models.has_fused_lm_head(model)  # the memory model reads it
     levers["flat_optimizer_tensors"] = meter.flat_optimizer_tensors
     levers["causal_padding_batches"] = meter.collator.unmasked_batches
+    levers.update(run_counts(model))  # engine.cuda_graphs: layer calls replayed / eager
     rec["throughput"] = throughput(
         meter.step_times_s, meter.loss_tokens, meter.padded_tokens, meter.samples,
         warmup=warmup, gc_pause_s=meter.gc_pause_s,

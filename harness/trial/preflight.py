@@ -75,6 +75,9 @@ def preflight(cfg: TrialConfig) -> Plan:
     targets = models.resolve_targets(cfg.lora, models.linear_module_names(hf_config))
     check_quant(cfg.quant, device)
     levers.check(cfg.engine, device, num_layers=getattr(hf_config, "num_hidden_layers", None))
+    if cfg.engine.cuda_graphs and cfg.train.grad_accum != 1:
+        why = "needs train.grad_accum=1 (a replay would overwrite the gradient of a micro-batch)"
+        raise ConfigError("engine.cuda_graphs", True, why)
     if cfg.engine.backend == "unsloth":
         from harness.engine.unsloth import check as check_unsloth
 
