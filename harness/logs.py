@@ -40,6 +40,8 @@ DROPPED_RECORDS = (
 IGNORED_WARNINGS = (
     (FutureWarning, r"`(is_)?gradient_checkpointing(_enable|_disable)?` is deprecated"),
     (UserWarning, r"provider=hydra\.searchpath in main, path=.* is not available"),
+    # train.profile_steps records one window, a single profiler cycle: nothing is cleared
+    (UserWarning, r"Profiler clears events at the end of each cycle"),
 )
 SHOW_ALL_ENV = "HARNESS_ALL_WARNINGS"
 QUIET_INFO = ("lm_eval",)  # libraries whose INFO lines repeat what the trial prints itself

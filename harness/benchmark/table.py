@@ -23,6 +23,7 @@ HEADER = (
     "run", "configuration", "device", "tokens/s", "against", "tokens/s ×",
     "reserved GiB", "reserved ×", "tokens/s × loop", "reserved × loop", "MFU", "steps (warm-up)",
 )  # fmt: skip
+PROFILE_HEADER = ("GPU busy", "launches/step")  # only where a record of the table was profiled
 
 
 def load_run(run_dir: Path) -> tuple[dict, dict[str, dict | None]]:
@@ -50,8 +51,9 @@ def run_dirs(root: Path, suite: str) -> list[Path]:
 
 
 def render_suite(root: Path, suite: str) -> str:
-    """The markdown table of one suite: a row per configuration of each run."""
-    rows = []
+    """The markdown table of one suite: a row per configuration of each run; with the profile
+    columns where any of its records has a `profile` (train.profile_steps)."""
+    rows, profiles = [], []
     for run_dir in run_dirs(root, suite):
         manifest, records = load_run(run_dir)
         # the hand-written reference loop (runner: loop) beside each reference: the second
@@ -73,9 +75,14 @@ def render_suite(root: Path, suite: str) -> str:
                     loop,
                 )
             )
+            profiles.append((records[config["name"]] or {}).get("profile"))
     if not rows:
         return f"No records under `benchmarks/records/{suite}/`.\n"
-    lines = [_line(HEADER), _line(["---"] * len(HEADER)), *(_line(r) for r in rows)]
+    header = HEADER
+    if any(profiles):
+        header = (*HEADER, *PROFILE_HEADER)
+        rows = [[*row, *_profile_cells(prof)] for row, prof in zip(rows, profiles, strict=True)]
+    lines = [_line(header), _line(["---"] * len(header)), *(_line(r) for r in rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -106,6 +113,18 @@ def _row(
         _ratio(reserved, _reserved(loop), "loop", 3) if loop else "-",
         f"{100 * mfu:.1f}%" if mfu and tokens else "-",
         f"{steps} ({tp.get('warmup_steps', '-')})" if steps else "-",
+    ]
+
+
+def _profile_cells(profile: dict | None) -> list[str]:
+    """A profiled record's GPU busy share and the launches its host issued per step (kernel
+    launch calls, a CUDA graph's launch counting one: what bounds a launch-bound step); else "-"."""
+    prof = profile or {}
+    busy, calls = prof.get("gpu_busy_fraction"), prof.get("cuda_runtime_launch_calls_per_step")
+    launches = None if calls is None else calls + (prof.get("graph_launches_per_step") or 0)
+    return [
+        f"{100 * busy:.0f}%" if busy is not None else "-",
+        f"{launches:.0f}" if launches is not None else "-",
     ]
 
 

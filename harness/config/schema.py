@@ -177,6 +177,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     timing_warmup_steps: int = 2  # steps excluded from throughput (allocator, autotune, caches)
+    # N steps profiled right after the timing warm-up (torch.profiler), left out of throughput:
+    # the record's `profile` (GPU busy share, launches and top kernels per step) and a trace file
+    profile_steps: int = 0
     logging_steps: int = 1
     eval_every_steps: int = 0  # held-out loss every N steps (0 = only at the end); feeds pruning
     # extra transformers TrainerCallbacks, as module.Class import paths (your tracker, alerts)
@@ -207,6 +210,16 @@ class TrainConfig:
         self.callbacks = list(self.callbacks)
         if self.timing_warmup_steps < 0:
             raise ConfigError("train.timing_warmup_steps", self.timing_warmup_steps, "must be >= 0")
+        steps = self.profile_steps
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+            raise ConfigError("train.profile_steps", steps, "must be an integer >= 0 (0 = off)")
+        left = max((self.max_steps or 0) - self.timing_warmup_steps, 0)
+        if self.max_steps is not None and steps > left:
+            raise ConfigError(
+                "train.profile_steps", steps,
+                f"at most {left}: the steps train.max_steps={self.max_steps} leaves after "
+                f"train.timing_warmup_steps={self.timing_warmup_steps}",
+            )  # fmt: skip
 
 
 @dataclass

@@ -126,19 +126,22 @@ def sync(device: str) -> None:
 
 def throughput(
     step_times_s: list[float], loss_tokens: list[int], padded_tokens: list[int], samples: list[int],
-    *, warmup: int, gc_pause_s: list[float] | None = None,
+    *, warmup: int, gc_pause_s: list[float] | None = None, profiled: int = 0,
 ) -> dict[str, float | int | None]:  # fmt: skip
-    """Rates over the timed steps (after `warmup`), from per-step times and counts.
+    """Rates over the timed steps (after `warmup` and then `profiled` steps), from per-step times
+    and counts. At least the last step is timed, even where it was a warm-up or profiled one.
 
     loss_tokens counts only tokens that carry loss (response tokens); padded_tokens is the whole
     padded batch, so the two together show what padding costs.
     """
-    timed = slice(min(warmup, max(len(step_times_s) - 1, 0)), None)
+    skip = min(warmup + profiled, max(len(step_times_s) - 1, 0))
+    timed = slice(skip, None)
     times = step_times_s[timed]
     if not times:
         return {"timed_steps": 0, "warmup_steps": warmup}
     total = sum(times)
     quartiles = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+    excluded = {"profiled_steps": skip - min(warmup, skip)} if profiled else {}
     return {
         "loss_tokens_per_s": sum(loss_tokens[timed]) / total,
         "padded_tokens_per_s": sum(padded_tokens[timed]) / total,
@@ -146,7 +149,8 @@ def throughput(
         "step_time_median_s": statistics.median(times),
         "step_time_iqr_s": quartiles[2] - quartiles[0],
         "timed_steps": len(times),
-        "warmup_steps": len(step_times_s) - len(times),
+        "warmup_steps": min(warmup, skip),
+        **excluded,  # profiled steps left out of the rates (train.profile_steps)
         "step_times_s": [round(t, 4) for t in step_times_s],  # every step, warm-up included
         # the garbage collector's pauses inside the timed steps (part of their time)
         "gc_pause_s": sum(gc_pause_s[timed]) if gc_pause_s else 0.0,

@@ -45,13 +45,25 @@ def training(rec: dict, meter, model, hf_config, warmup: int) -> None:
     levers.update(run_counts(model))  # engine.cuda_graphs: layer calls replayed / eager
     rec["throughput"] = throughput(
         meter.step_times_s, meter.loss_tokens, meter.padded_tokens, meter.samples,
-        warmup=warmup, gc_pause_s=meter.gc_pause_s,
+        warmup=warmup, gc_pause_s=meter.gc_pause_s, profiled=meter.profiler.done,
     )  # fmt: skip
     rec["throughput"]["gc_full_collections_train"] = meter.gc.full_collections
     _add_mfu(rec, hf_config)
     curve = meter.loss_curve
     rec["loss"] = {"curve": curve, "final_train": curve[-1]["loss"] if curve else None,
                    "eval_curve": meter.eval_curve}  # fmt: skip
+
+
+def profile(rec: dict, window, out_dir) -> None:
+    """The profiled steps' summary as the record's `profile` and their trace beside it
+    (harness/trial/profile.py); `timed` says whether any of them is inside the tokens/s window
+    (only where no step after them was left to time)."""
+    summary = window.summary(out_dir)
+    if summary is None:
+        return
+    summary["timed"] = rec["throughput"].get("profiled_steps", 0) < summary["steps"]
+    rec["profile"] = summary
+    rec["artifacts"]["profile_trace"] = summary["trace"]
 
 
 class Diverged(RuntimeError):

@@ -107,9 +107,11 @@ def _pipeline(cfg, plan, rec, mem, clock, out_dir, on_eval, pool: BasePool) -> N
         )  # fmt: skip
         lease.memo.setdefault(data_key, (trainer.train_dataset, trainer.eval_dataset))
         release_cached_memory(collect=False)  # blocks setup freed are not training's
-        with mem.phase("train"), clock("train"), frozen_heap(cfg.engine.gc_freeze), meter.gc:
+        gc_freeze, profiler = frozen_heap(cfg.engine.gc_freeze), meter.profiler
+        with mem.phase("train"), clock("train"), gc_freeze, meter.gc, profiler:
             trainer.train()
         outcome.training(rec, meter, model, plan.hf_config, cfg.train.timing_warmup_steps)
+        outcome.profile(rec, profiler, out_dir)  # train.profile_steps: where a step's time went
         if meter.stop_reason:
             pruned = meter.stop_reason.startswith("pruned")
             if pruned:  # the frozen base is unharmed: keep it for the next trial

@@ -30,7 +30,14 @@ Schema (``schema_version`` 1). Every measurement carries its unit in its name.
     throughput          {loss_tokens_per_s, padded_tokens_per_s, samples_per_s,
                          step_time_median_s, step_time_iqr_s, timed_steps, warmup_steps,
                          step_times_s, gc_pause_s (cyclic GC inside the timed steps),
-                         gc_full_collections_train}
+                         gc_full_collections_train, profiled_steps (train.profile_steps > 0:
+                         profiled steps left out of the rates)}
+    profile             train.profile_steps > 0 only (harness/trial/profile.py): {first_step,
+                         steps, wall_ms_per_step, gpu_busy_ms_per_step, gpu_busy_fraction,
+                         kernel_launches_per_step, cuda_runtime_launch_calls_per_step,
+                         graph_launches_per_step, cpu_ops_per_step, top_kernels: [{name,
+                         calls_per_step, ms_per_step}], trace, timed (profiled steps inside
+                         the tokens/s window)}; the CUDA fields are null on the CPU
     memory              {kind: "cuda"|"cpu_rss", phases: {load|train|eval: {...}}}
                         cuda phases: {peak_allocated_gib, peak_reserved_gib}
                         cpu phases:  {peak_rss_gib}   (process RSS; never reported as VRAM)
@@ -58,7 +65,8 @@ Schema (``schema_version`` 1). Every measurement carries its unit in its name.
     timings_s           {load, train, eval, total}
     env                 {python, torch, transformers, peft, bitsandbytes, trl, lm_eval,
                          git_commit, git_dirty, hostname}
-    artifacts           {adapter_dir, merged_dir}  (paths relative to the record's dir)
+    artifacts           {adapter_dir, merged_dir, profile_trace (profiled trials)}  (paths
+                        relative to the record's dir)
     generations         [{prompt, base, tuned}]  (optional)
 """
 

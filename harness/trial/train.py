@@ -14,6 +14,7 @@ from harness.config.schema import DataConfig, OptimConfig, TrainConfig
 from harness.errors import ConfigError
 from harness.trial import progress
 from harness.trial.measure import GcPauses, sync
+from harness.trial.profile import ProfileWindow
 
 # Our optimizer names -> transformers' TrainingArguments.optim names.
 HF_OPTIM = {
@@ -140,6 +141,7 @@ class MeasureCallback(TrainerCallback):
         self.flat_optimizer_tensors = 0  # tensors folded by engine.flat_optimizer
         self.gc = GcPauses()  # installed by the trial around trainer.train()
         self.gc_pause_s: list[float] = []  # per step
+        self.profiler = ProfileWindow(device, first=0, steps=0)  # build_trainer's, if profiling
         self._t0, self._gc0 = 0.0, 0.0
 
     def on_step_begin(self, args, state, control, **kw):
@@ -239,6 +241,10 @@ def build_trainer(
     callback = MeasureCallback(collator, device, on_eval=on_eval)
     trainer.meter = callback
     trainer.add_callback(callback)
+    if tcfg.profile_steps:  # after the meter: the profiler's start and stop fall outside its clock
+        first, steps = tcfg.timing_warmup_steps, tcfg.profile_steps
+        callback.profiler = ProfileWindow(device, first=first, steps=steps)
+        trainer.add_callback(callback.profiler)
     progress.attach(trainer, callback)  # step/total, loss, tokens/s, ETA instead of HF's dicts
     for path in tcfg.callbacks:
         trainer.add_callback(load_callback(path)())
