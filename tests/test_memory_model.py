@@ -58,7 +58,7 @@ def test_first_principles_counts_for_llama3_8b() -> None:
 def test_breakdown_adds_up() -> None:
     out = predict_peak_gib(LLAMA3_8B, QLORA)
     keys = ("weights", "quant_constants", "lora_params", "grads", "optimizer_states",
-            "activations", "logits", "overhead")  # fmt: skip
+            "graph_buffers", "activations", "logits", "overhead")  # fmt: skip
     assert set(out) == {*keys, "total", "tensors_gib", "not_counted"}
     assert out["total"] == pytest.approx(sum(out[k] for k in keys))
     assert out["tensors_gib"] < out["total"]  # the allocator's slack is reserved, not allocated
@@ -221,3 +221,18 @@ def test_a_memory_cap_bounds_the_prediction_and_leaves_calibration() -> None:
            "config": {"train": train, "quant": {"type": "nf4"}}}  # fmt: skip
     assert setting_from_record(rec).memory_cap_gib == 6.4
     assert len(measured_points([rec])) == 1  # scored; left out of the fit (model._fit)
+
+
+def test_cuda_graphs_keep_three_hidden_states_per_layer_and_the_adapter_grads() -> None:
+    """engine.cuda_graphs: per layer its static output, incoming and outgoing gradient buffers
+    (bf16 stream) and its rotary cos/sin, and the adapter gradients, which leave not_counted."""
+    fast = Setting(lora_kernel="fused", kernels="liger", batch_size=1, checkpointing="full")
+    graphed = Setting(**{**fast.__dict__, "cuda_graphs": True})
+    lora_grads = 41_943_040 * 4
+    tokens, h, head_dim = 2048, 4096, 128
+    expected = 32 * tokens * (3 * 2 * h + 2 * 2 * head_dim) + lora_grads
+    assert static_bytes(LLAMA3_8B, graphed)["graph_buffers"] == expected
+    assert static_bytes(LLAMA3_8B, fast)["graph_buffers"] == 0
+    no, yes = predict_peak_gib(LLAMA3_8B, fast), predict_peak_gib(LLAMA3_8B, graphed)
+    assert yes["total"] - no["total"] == pytest.approx(expected / GIB)
+    assert no["not_counted"] - yes["not_counted"] == pytest.approx(lora_grads / GIB)

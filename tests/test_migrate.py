@@ -92,3 +92,14 @@ def test_an_old_key_on_the_command_line_runs_as_todays_key(tmp_path):
     assert (
         rec["config"]["engine"]["gc_freeze"] is True and "gc_freeze" not in rec["config"]["train"]
     )
+
+
+def test_a_record_with_an_engine_group_takes_the_levers_it_predates_as_they_ran():
+    """A record written with the engine group but before engine.cuda_graphs ran without graphs,
+    whatever its preset sets today; the keys it has stay as they are."""
+    from harness.config.migrate import migrate_config
+
+    old = {"engine": {"name": "fast", "kernels": "liger", "checkpoint_fraction": 0.8125}}
+    engine = migrate_config(old)["engine"]
+    assert engine["cuda_graphs"] is False
+    assert engine["kernels"] == "liger" and engine["checkpoint_fraction"] == 0.8125

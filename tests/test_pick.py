@@ -164,20 +164,22 @@ def test_pinned_experiment_composes_to_the_same_config(tmp_path: Path) -> None:
         got = asdict(to_trial_config(compose("config", overrides=["experiment=pinned"])))
         assert got == want
         # a record written before a lever existed is pinned as its code ran, not as the preset
-        # it named now sets that lever (engine=fast: kept_layers=top, gc_freeze, causal_padding)
+        # it named now sets that lever (engine=fast: kept_layers=top, gc_freeze, causal_padding,
+        # cuda_graphs)
         fast = compose("config", overrides=["engine=fast"], return_hydra_config=True)
         old = dict(choices, engine=dict(fast.hydra.runtime.choices)["engine"])
         with open_dict(fast):
             del fast["hydra"]
         old_cfg = asdict(to_trial_config(fast))
         old_cfg["train"].update(old_cfg.pop("engine"))  # engine levers under train, as then
-        for key in ("causal_padding", "kept_layers", "gc_freeze", "name"):
+        for key in ("causal_padding", "kept_layers", "gc_freeze", "cuda_graphs", "name"):
             del old_cfg["train"][key]
         rec = {"config": old_cfg, "choices": old, "overrides": ["engine=fast"], "_path": "o.json"}
         write_experiment(experiment_yaml(rec, name="older", command="pick"), conf, "older")
         got = to_trial_config(compose("config", overrides=["experiment=older"])).engine
     assert (got.causal_padding, got.kept_layers, got.gc_freeze) == (False, "spread", False)
-    assert got.kernels == "liger" and got.checkpoint_fraction == 0.8125
+    assert not got.cuda_graphs
+    assert got.kernels == "liger" and got.checkpoint_fraction == fast.engine.checkpoint_fraction
 
 
 def _llama3_8b_record(train: dict) -> dict:

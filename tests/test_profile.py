@@ -145,7 +145,7 @@ def test_the_table_gains_profile_columns_only_where_a_record_has_a_profile(tmp_p
     lines = render_suite(tmp_path, "presets").splitlines()
     assert lines[0].endswith("| GPU busy | launches/step |")
     rows = {r.split(" | ")[1]: r for r in lines[2:]}
-    assert rows["`fast`"].endswith("| 46% | 1206 |") and rows["`plain`"].endswith("| - | - |")
+    assert rows["`fast`"].endswith("| 46% | 1,206 |") and rows["`plain`"].endswith("| - | - |")
     assert [r.rsplit(" | ", 2)[0] for r in lines[2:]] == [
         r.removesuffix(" |") for r in before.splitlines()[2:]
     ]  # the other columns unchanged

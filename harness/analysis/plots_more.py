@@ -18,7 +18,7 @@ QUANT_PANELS = {
     "peak_vram_reserved_gib": style.VRAM,
 }
 MEM_PARTS = ("weights", "quant_constants", "lora_params", "grads", "optimizer_states",
-             "activations", "logits", "overhead")  # fmt: skip
+             "graph_buffers", "activations", "logits", "overhead")  # fmt: skip
 
 
 def quant_subset(data: ReportInputs) -> tuple[pd.DataFrame, str]:

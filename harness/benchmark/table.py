@@ -124,7 +124,7 @@ def _profile_cells(profile: dict | None) -> list[str]:
     launches = None if calls is None else calls + (prof.get("graph_launches_per_step") or 0)
     return [
         f"{100 * busy:.0f}%" if busy is not None else "-",
-        f"{launches:.0f}" if launches is not None else "-",
+        f"{launches:,.0f}" if launches is not None else "-",
     ]
 
 

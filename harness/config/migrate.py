@@ -14,7 +14,7 @@ ENGINE_KEYS = tuple(f.name for f in fields(EngineConfig) if f.name != "name")
 DROPPED = ("expandable_segments", "compile")  # keys that measured no gain and went
 # what the code that wrote a record without these keys ran
 BEFORE_THE_KEY = {"causal_padding": False, "kept_layers": "spread", "gc_freeze": False,
-                  "host_layers": 0, "trim_recompute": False}  # fmt: skip
+                  "host_layers": 0, "trim_recompute": False, "cuda_graphs": False}  # fmt: skip
 
 
 def migrate_override(item: str) -> str | None:
@@ -39,6 +39,9 @@ def migrate_config(config: dict, choices: dict | None = None) -> dict:
     config = {k: dict(v) if isinstance(v, dict) else v for k, v in (config or {}).items()}
     train = config.get("train") or {}
     if "engine" in config and not any(k in train for k in ENGINE_KEYS):
+        engine = config["engine"] or {}
+        config["engine"] = {**{k: v for k, v in BEFORE_THE_KEY.items() if k not in engine},
+                            **engine}  # fmt: skip
         return config
     engine = {"name": (choices or {}).get("engine") or "plain", **BEFORE_THE_KEY}
     engine.update({k: train.pop(k) for k in ENGINE_KEYS if k in train})

@@ -1,6 +1,7 @@
 """Predict peak reserved VRAM of a fine-tuning setting, calibrated on measured CUDA records.
 
     total = weights + quant constants + adapters + optimizer states   (counted: terms.py)
+          + CUDA graphs' buffers                                      (counted: terms.py)
           + a*activations + b*logits + overhead                      (allocated: activations.py)
           + the allocator's slack over allocated                     (allocator.py)
           capped at engine.memory_cap_gib
@@ -65,12 +66,13 @@ def predict_peak_gib(
         calib: fitted factors; None: the built-in calibration (``prior_calibration``).
 
     Returns:
-        {weights, quant_constants, lora_params, grads, optimizer_states, activations, logits,
-        overhead, total, tensors_gib, not_counted}: activations and logits with their factors;
-        overhead is the fitted constant, the allocator's slack and any memory carried over from
-        an earlier trial; tensors_gib is the allocated peak; ``not_counted`` (LoRA grads, paged
-        optimizer states) is shown but outside ``total``. Under a cap that binds, ``total`` is
-        the cap and ``uncapped_total`` and ``exceeds_cap`` (an OOM) come with it.
+        {weights, quant_constants, lora_params, grads, optimizer_states, graph_buffers (engine.
+        cuda_graphs), activations, logits, overhead, total, tensors_gib, not_counted}:
+        activations and logits with their factors; overhead is the fitted constant, the
+        allocator's slack and any memory carried over from an earlier trial; tensors_gib is the
+        allocated peak; ``not_counted`` (LoRA grads, paged optimizer states) is shown but outside
+        ``total``. Under a cap that binds, ``total`` is the cap and ``uncapped_total`` and
+        ``exceeds_cap`` (an OOM) come with it.
     """
     calib = calib or prior_calibration()
     c = dict(zip(TERMS, calib.coef, strict=True))

@@ -175,6 +175,7 @@ def setting_from_config(cfg: dict[str, Any], *, chunked_loss: bool = False) -> S
         chunked_loss=chunked_loss,
         memory_cap_gib=_fraction(e.get("memory_cap_gib")),
         causal_padding=bool(e.get("causal_padding", False)),
+        cuda_graphs=bool(e.get("cuda_graphs", False)),
     )
 
 
