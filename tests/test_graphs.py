@@ -5,12 +5,10 @@ On the CPU: the device seed table (a new mask each forward, the forward's mask i
 the runner's eager path and the config's refusals. Its speed is measured by the benchmark
 (benchmarks/shapes.yaml, BENCHMARKS.md), never asserted here."""
 
-import functools
-
 import pytest
 import torch
 from conftest import requires_cuda
-from engine_models import assert_same_bits, build, built, ecfg, runner, step, tiny_peft
+from engine_models import assert_same_bits, build, built, ecfg, step, tiny_peft
 
 from harness.config.engine import EngineConfig
 from harness.engine import build as engine
@@ -19,12 +17,6 @@ from harness.engine.layers import decoder_layers
 from harness.errors import ConfigError
 
 FUSED = dict(lora_kernel="fused")
-
-
-def _graphed(model) -> graphs.GraphedLayers:
-    run = runner(decoder_layers(model)[0])
-    assert isinstance(run, functools.partial) and isinstance(run.func, graphs.GraphedLayers)
-    return run.func
 
 
 @pytest.mark.parametrize(

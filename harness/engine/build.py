@@ -42,6 +42,7 @@ from torch import nn
 from harness.config.engine import EngineConfig
 from harness.engine import graphs, lora_layer, lora_op, residual
 from harness.engine import layers as layer_runs
+from harness.engine.graphs import run_counts
 from harness.engine.host_frozen import Embedding, HostHead
 from harness.engine.kernels import (
     ROPE_ATTENTION,
@@ -122,31 +123,8 @@ def build(model, ecfg: EngineConfig, *, compute_dtype: torch.dtype) -> dict:
     levers["embeddings_on_cpu"] = _embedding(model, ecfg.embeddings_on_cpu, wide)
     levers["head_on_cpu"] = _head(model, ecfg.head_on_cpu)
     levers["memory_cap_gib"] = ecfg.memory_cap_gib if installed_patches() else None
-    levers["cuda_graph_layers"] = _graphs(model, layers) if ecfg.cuda_graphs else 0
+    levers["cuda_graph_layers"] = graphs.place(model, layers) if ecfg.cuda_graphs else 0
     return levers
-
-
-def _graphs(model, layers: list) -> int:
-    """engine.cuda_graphs: every decoder layer through one GraphedLayers, with the runner
-    layers.place set (or none: the layer's forward as it is). Returns the layers graphed."""
-    runs = [layer._gradient_checkpointing_func if layer.gradient_checkpointing
-            else layer_runs.plain for layer in layers]  # fmt: skip
-    graphs.place(model, layers, runs, device=next(model.parameters()).device)
-    return len(layers)
-
-
-def run_counts(model) -> dict:
-    """What the levers counted while the model trained: under engine.cuda_graphs the decoder
-    layer calls replayed from the graphs and those run eagerly (another shape, eval)."""
-    for layer in layer_runs.decoder_layers(model):
-        run = getattr(layer, "_gradient_checkpointing_func", None)
-        if isinstance(getattr(run, "func", None), graphs.GraphedLayers):
-            counts = run.func.counts()
-            return {
-                "graph_replayed_calls": counts["replayed"],
-                "graph_eager_calls": counts["eager"],
-            }
-    return {}
 
 
 def _frozen_dtype(model, dtype: str, compute_dtype: torch.dtype) -> int:
