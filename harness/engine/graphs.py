@@ -126,10 +126,16 @@ class GraphedLayers:
         on = torch.is_autocast_enabled("cuda")
         dtype = torch.get_autocast_dtype("cuda")
         # make_graphed_callables refuses autocast's weight-cast cache: the same casts, uncached
-        with torch.autocast("cuda", dtype=dtype, enabled=on, cache_enabled=False):
-            graphed = torch.cuda.make_graphed_callables(
-                tuple(calls), tuple(samples), num_warmup_iters=2, allow_unused_input=True
-            )
+        try:
+            with torch.autocast("cuda", dtype=dtype, enabled=on, cache_enabled=False):
+                graphed = torch.cuda.make_graphed_callables(
+                    tuple(calls), tuple(samples), num_warmup_iters=2, allow_unused_input=True
+                )
+        except torch.OutOfMemoryError:  # an OOM is the trial's result, recorded as such
+            raise
+        except RuntimeError as e:  # something in a layer the graphs cannot hold: say which lever
+            why = "capturing the decoder layers' CUDA graphs failed; engine.cuda_graphs=false runs"
+            raise RuntimeError(f"{why} them eagerly: {type(e).__name__}: {e}") from e
         self.graphed, self.key = graphed, key
 
     def counts(self) -> dict:
