@@ -68,7 +68,7 @@ def _key(spec, leaves) -> tuple | None:
             parts.append(("fixed", leaf))
         else:
             return None
-    return str(spec), tuple(parts)
+    return spec, tuple(parts)
 
 
 class _Call(nn.Module):
